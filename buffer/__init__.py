@@ -1,0 +1,1 @@
+"""The signed local buffer: readings committed to SQLite, sealed into signed envelopes."""

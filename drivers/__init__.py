@@ -1,0 +1,1 @@
+"""Field drivers: meter profiles, register decoding, Modbus reading and meter emulation."""

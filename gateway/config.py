@@ -1,0 +1,410 @@
+"""Load and validate the gateway's TOML configuration.
+
+Every mistake is reported as `file: key.path: what is wrong`, so an electrician or IT can fix it
+without reading code. The loader returns frozen dataclasses; nothing else reads the TOML.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from drivers.profile import Profile, ProfileError, load_shipped_profile, profile_from_mapping
+
+DEFAULT_PATH = Path("/etc/cgw/gateway.toml")
+# Topic-safe identifiers: no MQTT wildcards, no level separators, nothing a shell would mangle.
+IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, key: str, message: str) -> None:
+        super().__init__(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+        self.path = path
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = 1883
+    protocol: str = "5"
+    client_id: str = ""
+    topic_prefix: str = "cgw/v1"
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = 30
+    inflight: int = 32
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    status_interval_s: float = 60.0
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    seal_interval_s: float = 5.0
+    envelope_max_records: int = 500
+    quota_mb: float = 1024.0
+    delivered_retention_h: float = 168.0
+    prune_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class SerialBus:
+    id: str
+    port: str
+    baudrate: int = 9600
+    parity: str = "N"
+    bytesize: int = 8
+    stopbits: int = 1
+    timeout_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class TcpBus:
+    id: str
+    host: str
+    port: int = 502
+    timeout_s: float = 1.0
+
+
+Bus = SerialBus | TcpBus
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    bus: str
+    unit: int
+    profile: Profile
+    interval_s: float = 5.0
+    quantities: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    gateway_id: str
+    site: str
+    timezone: str
+    data_dir: Path
+    runtime_dir: Path
+    mqtt: MqttConfig
+    buffer: BufferConfig
+    buses: tuple[Bus, ...]
+    devices: tuple[Device, ...]
+    profiles: Mapping[str, Profile] = field(default_factory=dict)
+
+    @property
+    def topic_base(self) -> str:
+        return f"{self.mqtt.topic_prefix}/{self.site}/{self.gateway_id}"
+
+    def bus(self, bus_id: str) -> Bus:
+        return next(b for b in self.buses if b.id == bus_id)
+
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class _Table:
+    """A TOML table being read, with its key path for error messages."""
+
+    def __init__(self, path: str, key: str, data: Any) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(path, key, "must be a table")
+        self.path, self.key, self.data = path, key, data
+        self.read: set[str] = set()
+
+    def at(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.path, self.at(name), message)
+
+    def get(self, name: str, kind: type[T] | tuple[type, ...], default: Any = _MISSING) -> Any:
+        self.read.add(name)
+        if name not in self.data:
+            if default is _MISSING:
+                raise self.error(name, "is required")
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(name, f"must be {_describe(kinds)}, not {value!r}")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            raise self.error(name, f"must be {_describe(kinds)}, not {value!r}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = float(self.get(name, float, default))
+        if not low <= value <= high:
+            raise self.error(name, f"must be between {low:g} and {high:g}, not {value:g}")
+        return value
+
+    def integer(self, name: str, default: Any, low: int, high: int) -> int:
+        value = int(self.get(name, int, default))
+        if not low <= value <= high:
+            raise self.error(name, f"must be between {low} and {high}, not {value}")
+        return value
+
+    def choice(self, name: str, choices: tuple[Any, ...], default: Any = _MISSING) -> Any:
+        value = self.get(name, (str, int), default)
+        if value not in choices:
+            listed = ", ".join(repr(c) for c in choices)
+            raise self.error(name, f"must be one of {listed}, not {value!r}")
+        return value
+
+    def identifier(self, name: str, default: Any = _MISSING) -> str:
+        value = self.get(name, str, default)
+        if not IDENTIFIER.match(value):
+            raise self.error(
+                name,
+                f"{value!r} is not a valid identifier (letters, digits, '.', '_', '-'; "
+                "at most 64; no spaces, '/', '+' or '#')",
+            )
+        return str(value)
+
+    def table(self, name: str) -> _Table:
+        self.read.add(name)
+        return _Table(self.path, self.at(name), self.data.get(name, {}))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.read)
+        if unknown:
+            raise self.error(unknown[0], "unknown key (misspelt?)")
+
+
+def _describe(kinds: tuple[type, ...]) -> str:
+    names = {bool: "true or false", str: "a string", int: "an integer", float: "a number"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _path(table: _Table, name: str, default: Any = _MISSING, base: Path | None = None) -> Path:
+    value = table.get(name, str, default)
+    path = Path(value)
+    return path if path.is_absolute() or base is None else base / path
+
+
+def _mqtt(table: _Table, gateway_id: str, base: Path) -> MqttConfig:
+    tls = None
+    if "tls" in table.data:
+        t = table.table("tls")
+        tls = TlsConfig(
+            ca_file=_path(t, "ca_file", None, base) if "ca_file" in t.data else None,
+            cert_file=_path(t, "cert_file", None, base) if "cert_file" in t.data else None,
+            key_file=_path(t, "key_file", None, base) if "key_file" in t.data else None,
+        )
+        t.get("ca_file", str, None), t.get("cert_file", str, None), t.get("key_file", str, None)
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise t.error("key_file", "cert_file and key_file go together (mutual TLS)")
+        t.done()
+    password = table.get("password", str, None)
+    if "password_file" in table.data:
+        if password is not None:
+            raise table.error("password_file", "give either password or password_file, not both")
+        password_file = _path(table, "password_file", base=base)
+        try:
+            password = password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise table.error("password_file", f"cannot read {password_file}: {exc.strerror}") from exc
+    prefix = table.get("topic_prefix", str, "cgw/v1")
+    if not prefix or any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/"):
+        raise table.error("topic_prefix", f"{prefix!r} must be a topic path without wildcards or edge '/'")
+    mqtt = MqttConfig(
+        enabled=table.get("enabled", bool, True),
+        host=table.get("host", str, "localhost"),
+        port=table.integer("port", 8883 if tls else 1883, 1, 65535),
+        protocol=table.choice("protocol", ("5", "3.1.1"), "5"),
+        client_id=table.get("client_id", str, f"cgw-{gateway_id}"),
+        topic_prefix=prefix,
+        username=table.get("username", str, None),
+        password=password,
+        keepalive_s=table.integer("keepalive_s", 30, 5, 3600),
+        inflight=table.integer("inflight", 32, 1, 1000),
+        reconnect_min_s=table.number("reconnect_min_s", 1.0, 0.1, 3600),
+        reconnect_max_s=table.number("reconnect_max_s", 60.0, 0.1, 3600),
+        status_interval_s=table.number("status_interval_s", 60.0, 1, 86400),
+        tls=tls,
+    )
+    if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
+        raise table.error("reconnect_max_s", "must not be less than reconnect_min_s")
+    table.done()
+    return mqtt
+
+
+def _buffer(table: _Table) -> BufferConfig:
+    buffer = BufferConfig(
+        seal_interval_s=table.number("seal_interval_s", 5.0, 0.05, 60),
+        envelope_max_records=table.integer("envelope_max_records", 500, 1, 100_000),
+        quota_mb=table.number("quota_mb", 1024.0, 1, 1_000_000),
+        delivered_retention_h=table.number("delivered_retention_h", 168.0, 0, 24 * 366 * 5),
+        prune_interval_s=table.number("prune_interval_s", 60.0, 1, 86400),
+    )
+    table.done()
+    return buffer
+
+
+def _bus(table: _Table) -> Bus:
+    bus_id = table.identifier("id")
+    kind = table.choice("type", ("rtu", "tcp"))
+    bus: Bus
+    if kind == "rtu":
+        bus = SerialBus(
+            id=bus_id,
+            port=table.get("port", str),
+            baudrate=table.choice(
+                "baudrate", (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200), 9600
+            ),
+            parity=table.choice("parity", ("N", "E", "O"), "N"),
+            bytesize=table.choice("bytesize", (7, 8), 8),
+            stopbits=table.choice("stopbits", (1, 2), 1),
+            timeout_s=table.number("timeout_s", 0.5, 0.02, 30),
+        )
+    else:
+        bus = TcpBus(
+            id=bus_id,
+            host=table.get("host", str),
+            port=table.integer("port", 502, 1, 65535),
+            timeout_s=table.number("timeout_s", 1.0, 0.02, 30),
+        )
+    table.done()
+    return bus
+
+
+def _device(table: _Table, buses: Mapping[str, Bus], profiles: Mapping[str, Profile]) -> Device:
+    device_id = table.identifier("id")
+    bus_id = table.get("bus", str)
+    if bus_id not in buses:
+        known = ", ".join(sorted(buses)) or "none defined"
+        raise table.error("bus", f"no bus {bus_id!r} (buses: {known})")
+    high = 247 if isinstance(buses[bus_id], SerialBus) else 255
+    unit = table.integer("unit", _MISSING, 0 if high == 255 else 1, high)
+    profile_name = table.get("profile", str)
+    profile = profiles.get(profile_name)
+    if profile is None:
+        try:
+            profile = load_shipped_profile(profile_name)
+        except KeyError:
+            raise table.error(
+                "profile",
+                f"no profile {profile_name!r}: neither shipped (`cgw profiles` lists them) "
+                "nor defined under [profiles] in this file",
+            ) from None
+    quantities = table.get("quantities", list, None)
+    if quantities is not None:
+        offered = {r.quantity for r in profile.registers}
+        for i, q in enumerate(quantities):
+            if q not in offered:
+                raise table.error(f"quantities[{i}]", f"profile {profile_name!r} has no {q!r}")
+        quantities = tuple(quantities)
+    device = Device(
+        id=device_id,
+        bus=bus_id,
+        unit=unit,
+        profile=profile,
+        interval_s=table.number("interval_s", 5.0, 0.1, 86400),
+        quantities=quantities,
+    )
+    table.done()
+    return device
+
+
+def _array(root: _Table, name: str) -> list[_Table]:
+    root.read.add(name)
+    items = root.data.get(name, [])
+    if not isinstance(items, list):
+        raise root.error(name, f"must be an array of tables ([[{name}]])")
+    return [_Table(root.path, f"{name}[{i}]", item) for i, item in enumerate(items)]
+
+
+def _unique(tables: list[_Table], items: list[Any], what: str) -> None:
+    seen: set[str] = set()
+    for table, item in zip(tables, items, strict=True):
+        if item.id in seen:
+            raise table.error("id", f"duplicate {what} id {item.id!r}")
+        seen.add(item.id)
+
+
+def parse(data: Mapping[str, Any], path: str | Path) -> Config:
+    """Validate parsed TOML. Relative paths are taken from the config file's folder."""
+    path = Path(path)
+    base = path.parent.resolve()
+    root = _Table(str(path), "", data)
+    gw = root.table("gateway")
+    gateway_id = gw.identifier("id")
+    site = gw.identifier("site")
+    timezone = gw.get("timezone", str, "UTC")
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise gw.error("timezone", f"unknown time zone {timezone!r} (e.g. 'Asia/Shanghai')") from None
+    data_dir = _path(gw, "data_dir", "/var/lib/cgw", base)
+    runtime_dir = _path(gw, "runtime_dir", "/run/cgw", base)
+    gw.done()
+
+    profiles: dict[str, Profile] = {}
+    inline = root.table("profiles")
+    for name in inline.data:
+        inline.read.add(name)
+        try:
+            profiles[name] = profile_from_mapping(name, inline.data[name], str(path))
+        except ProfileError as exc:
+            raise ConfigError(str(path), f"profiles.{name}.{exc.key}", exc.message) from None
+
+    bus_tables = _array(root, "buses")
+    buses = [_bus(t) for t in bus_tables]
+    _unique(bus_tables, buses, "bus")
+    by_id = {b.id: b for b in buses}
+    device_tables = _array(root, "devices")
+    devices = [_device(t, by_id, profiles) for t in device_tables]
+    _unique(device_tables, devices, "device")
+
+    config = Config(
+        path=path,
+        gateway_id=gateway_id,
+        site=site,
+        timezone=timezone,
+        data_dir=data_dir,
+        runtime_dir=runtime_dir,
+        mqtt=_mqtt(root.table("mqtt"), gateway_id, base),
+        buffer=_buffer(root.table("buffer")),
+        buses=tuple(buses),
+        devices=tuple(devices),
+        profiles=profiles,
+    )
+    root.done()
+    return config
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "no such file (give another with --config)") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "", "is not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+    return parse(data, path)

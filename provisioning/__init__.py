@@ -1,0 +1,1 @@
+"""Provisioning of gateways by IT (setup script, keys, certificates, inventory)."""
