@@ -9,7 +9,16 @@ from decimal import Decimal
 
 from drivers.profile import Register
 
-_FORMATS = {"u16": "H", "s16": "h", "u32": "I", "s32": "i", "u64": "Q", "s64": "q", "f32": "f", "f64": "d"}
+_FORMATS = {
+    "u16": "H",
+    "s16": "h",
+    "u32": "I",
+    "s32": "i",
+    "u64": "Q",
+    "s64": "q",
+    "f32": "f",
+    "f64": "d",
+}
 
 
 def register_bytes(register: Register, words: Sequence[int]) -> bytes:

@@ -77,7 +77,9 @@ def _register(origin: str, key: str, quantity: str, spec: Mapping[str, Any]) -> 
         raise ProfileError(origin, f"{key}.function", f"must be 3 or 4, not {function!r}")
     address = spec["address"]
     if isinstance(address, bool) or not isinstance(address, int) or not 0 <= address <= 0xFFFF:
-        raise ProfileError(origin, f"{key}.address", f"must be an integer 0..65535, not {address!r}")
+        raise ProfileError(
+            origin, f"{key}.address", f"must be an integer 0..65535, not {address!r}"
+        )
     rtype = spec["type"]
     if rtype not in REGISTER_WORDS:
         raise ProfileError(
@@ -116,7 +118,9 @@ def profile_from_mapping(name: str, data: Mapping[str, Any], origin: str) -> Pro
     if not isinstance(defaults, Mapping):
         raise ProfileError(origin, "defaults", "must be a table")
     if not isinstance(quantities, Mapping) or not quantities:
-        raise ProfileError(origin, "quantities", "must be a non-empty table of quantity = {address…}")
+        raise ProfileError(
+            origin, "quantities", "must be a non-empty table of quantity = {address…}"
+        )
     known = vocabulary()
     registers = []
     for quantity, spec in quantities.items():
@@ -139,7 +143,9 @@ def profile_from_mapping(name: str, data: Mapping[str, Any], origin: str) -> Pro
 
 def shipped_profiles() -> list[str]:
     folder = resources.files("drivers").joinpath("profiles")
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
 
 
 @cache

@@ -103,6 +103,7 @@ class Config:
     timezone: str
     data_dir: Path
     runtime_dir: Path
+    signing_key: Path
     mqtt: MqttConfig
     buffer: BufferConfig
     buses: tuple[Bus, ...]
@@ -223,10 +224,19 @@ def _mqtt(table: _Table, gateway_id: str, base: Path) -> MqttConfig:
         try:
             password = password_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise table.error("password_file", f"cannot read {password_file}: {exc.strerror}") from exc
+            raise table.error(
+                "password_file", f"cannot read {password_file}: {exc.strerror}"
+            ) from exc
     prefix = table.get("topic_prefix", str, "cgw/v1")
-    if not prefix or any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/"):
-        raise table.error("topic_prefix", f"{prefix!r} must be a topic path without wildcards or edge '/'")
+    if (
+        not prefix
+        or any(c in prefix for c in "+#")
+        or prefix.startswith("/")
+        or prefix.endswith("/")
+    ):
+        raise table.error(
+            "topic_prefix", f"{prefix!r} must be a topic path without wildcards or edge '/'"
+        )
     mqtt = MqttConfig(
         enabled=table.get("enabled", bool, True),
         host=table.get("host", str, "localhost"),
@@ -354,9 +364,12 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise gw.error("timezone", f"unknown time zone {timezone!r} (e.g. 'Asia/Shanghai')") from None
+        raise gw.error(
+            "timezone", f"unknown time zone {timezone!r} (e.g. 'Asia/Shanghai')"
+        ) from None
     data_dir = _path(gw, "data_dir", "/var/lib/cgw", base)
     runtime_dir = _path(gw, "runtime_dir", "/run/cgw", base)
+    signing_key = _path(gw, "signing_key", str(data_dir / "signing.key"), base)
     gw.done()
 
     profiles: dict[str, Profile] = {}
@@ -383,6 +396,7 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
         timezone=timezone,
         data_dir=data_dir,
         runtime_dir=runtime_dir,
+        signing_key=signing_key,
         mqtt=_mqtt(root.table("mqtt"), gateway_id, base),
         buffer=_buffer(root.table("buffer")),
         buses=tuple(buses),

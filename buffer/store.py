@@ -1,0 +1,294 @@
+"""The local buffer: SQLite in WAL mode holding committed readings and sealed envelopes.
+
+Durability: `synchronous=FULL`. In WAL mode NORMAL already survives a crash of the process (kill -9),
+but a power cut may lose the last commits; FULL syncs the WAL on every commit, so a reading that was
+committed survives a power cut too. It costs one fsync per poll-cycle commit, which the gateway's
+commit rate (a few per second at most) easily affords.
+
+Rows move pending -> envelopes (sealed, signed, chained) -> delivered -> pruned. Delivered
+envelopes are pruned after the retention; undelivered ones only when the quota is still exceeded,
+oldest first, and every such drop is counted in `state` and reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from buffer.envelope import GENESIS_PREV, Sealed, seal
+from buffer.keys import Signer
+
+log = logging.getLogger("cgw.buffer")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    id INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS envelopes (
+    seq INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    delivered_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS envelopes_undelivered ON envelopes (seq) WHERE delivered_ms IS NULL;
+CREATE INDEX IF NOT EXISTS envelopes_delivered ON envelopes (delivered_ms) WHERE delivered_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value
+);
+"""
+
+_COUNTERS = ("dropped_records", "dropped_envelopes", "failed_commits")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    seq: int
+    stream: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Stats:
+    last_seq: int
+    pending_records: int
+    backlog_envelopes: int
+    backlog_records: int
+    oldest_undelivered_ms: int | None
+    last_delivered_ms: int | None
+    dropped_records: int
+    dropped_envelopes: int
+    failed_commits: int
+    used_bytes: int
+    quota_bytes: int
+
+
+def is_disk_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+
+
+class Buffer:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        gateway: str,
+        site: str,
+        envelope_max_records: int = 500,
+        quota_bytes: int = 1 << 30,
+        read_only: bool = False,
+    ) -> None:
+        self.path = path
+        self.gateway = gateway
+        self.site = site
+        self.envelope_max_records = envelope_max_records
+        self.quota_bytes = quota_bytes
+        if read_only:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.last_seq = self._counter("last_seq")
+        self.last_hash = str(self._state("last_hash", GENESIS_PREV))
+        self.pending_records = self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            if self.db.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _state(self, key: str, default: object) -> object:
+        row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def _counter(self, key: str) -> int:
+        return int(self._state(key, 0))  # type: ignore[call-overload]
+
+    def _set_state(self, db: sqlite3.Connection, **values: object) -> None:
+        db.executemany(
+            "INSERT INTO state (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            values.items(),
+        )
+
+    def _add_counter(self, db: sqlite3.Connection, key: str, amount: int) -> None:
+        db.execute(
+            "INSERT INTO state (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+            (key, amount),
+        )
+
+    def commit(self, stream: str, records: Sequence[bytes]) -> bool:
+        """Commit canonical records in one transaction. On a full disk the batch is counted as
+        dropped and False returned: polling goes on, the next prune makes room."""
+        if not records:
+            return True
+        try:
+            with self._transaction() as db:
+                db.executemany(
+                    "INSERT INTO pending (stream, record) VALUES (?, ?)",
+                    ((stream, r) for r in records),
+                )
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+            log.error("disk full: %d readings could not be stored and are dropped", len(records))
+            with contextlib.suppress(sqlite3.Error), self._transaction() as db:
+                self._add_counter(db, "dropped_records", len(records))
+                self._add_counter(db, "failed_commits", 1)
+            return False
+        self.pending_records += len(records)
+        return True
+
+    def seal_pending(self, signer: Signer, now_ms: int) -> list[Sealed]:
+        """Seal every pending record into signed envelopes of at most `envelope_max_records`."""
+        sealed: list[Sealed] = []
+        if self.pending_records == 0:
+            return sealed
+        seq, prev = self.last_seq, self.last_hash
+        sizes: list[int] = []
+        with self._transaction() as db:
+            rows = db.execute("SELECT id, stream, record FROM pending ORDER BY id").fetchall()
+            for stream, records in _batches(rows, self.envelope_max_records):
+                sizes.append(len(records))
+                seq += 1
+                envelope = seal(
+                    signer,
+                    gateway=self.gateway,
+                    site=self.site,
+                    stream=stream,
+                    seq=seq,
+                    prev=prev,
+                    created_ms=now_ms,
+                    records=records,
+                )
+                prev = envelope.chain_hash
+                sealed.append(envelope)
+            db.executemany(
+                "INSERT INTO envelopes (seq, stream, created_ms, records, body) VALUES (?, ?, ?, ?, ?)",
+                ((e.seq, e.stream, now_ms, n, e.body) for e, n in zip(sealed, sizes, strict=True)),
+            )
+            db.execute("DELETE FROM pending WHERE id <= ?", (rows[-1][0],))
+            self._set_state(db, last_seq=seq, last_hash=prev)
+        self.last_seq, self.last_hash = seq, prev
+        self.pending_records = 0
+        return sealed
+
+    def undelivered(self, after_seq: int, up_to_seq: int | None, limit: int) -> list[Outgoing]:
+        """Undelivered envelopes with after_seq < seq <= up_to_seq (no upper bound if None)."""
+        rows = self.db.execute(
+            "SELECT seq, stream, body FROM envelopes WHERE delivered_ms IS NULL AND seq > ? "
+            "AND seq <= ? ORDER BY seq LIMIT ?",
+            (after_seq, self.last_seq if up_to_seq is None else up_to_seq, limit),
+        ).fetchall()
+        return [Outgoing(seq, stream, bytes(body)) for seq, stream, body in rows]
+
+    def mark_delivered(self, seqs: Iterable[int], now_ms: int) -> None:
+        batch = [(now_ms, s) for s in seqs]
+        if not batch:
+            return
+        with self._transaction() as db:
+            db.executemany("UPDATE envelopes SET delivered_ms = ? WHERE seq = ?", batch)
+            self._set_state(db, last_delivered_ms=now_ms)
+
+    def used_bytes(self) -> int:
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def prune(self, now_ms: int, retention_ms: int) -> tuple[int, int]:
+        """Delete delivered envelopes past retention, then, while over quota, the oldest
+        undelivered ones. Returns (delivered pruned, undelivered envelopes dropped)."""
+        with self._transaction() as db:
+            pruned = db.execute(
+                "DELETE FROM envelopes WHERE delivered_ms IS NOT NULL AND delivered_ms < ?",
+                (now_ms - retention_ms,),
+            ).rowcount
+        if self.used_bytes() <= self.quota_bytes:
+            return pruned, 0
+        # Over quota even so: delivered data goes first whatever its age, then the oldest backlog.
+        with self._transaction() as db:
+            pruned += db.execute("DELETE FROM envelopes WHERE delivered_ms IS NOT NULL").rowcount
+        dropped = 0
+        while self.used_bytes() > self.quota_bytes:
+            with self._transaction() as db:
+                rows = db.execute(
+                    "SELECT seq, records FROM envelopes WHERE delivered_ms IS NULL "
+                    "ORDER BY seq LIMIT 64"
+                ).fetchall()
+                if not rows:
+                    break
+                db.execute(
+                    "DELETE FROM envelopes WHERE delivered_ms IS NULL AND seq <= ?", (rows[-1][0],)
+                )
+                self._add_counter(db, "dropped_envelopes", len(rows))
+                self._add_counter(db, "dropped_records", sum(n for _, n in rows))
+                self._set_state(db, last_dropped_seq=rows[-1][0])
+            dropped += len(rows)
+            log.warning(
+                "buffer over its quota of %d bytes: dropped undelivered envelopes seq %d-%d",
+                self.quota_bytes,
+                rows[0][0],
+                rows[-1][0],
+            )
+        return pruned, dropped
+
+    def stats(self) -> Stats:
+        backlog, records, oldest = self.db.execute(
+            "SELECT count(*), coalesce(sum(records), 0), min(created_ms) FROM envelopes "
+            "WHERE delivered_ms IS NULL"
+        ).fetchone()
+        pending = self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
+        return Stats(
+            last_seq=self._counter("last_seq"),
+            pending_records=pending,
+            backlog_envelopes=backlog,
+            backlog_records=records,
+            oldest_undelivered_ms=oldest,
+            last_delivered_ms=self._counter("last_delivered_ms") or None,
+            used_bytes=self.used_bytes(),
+            quota_bytes=self.quota_bytes,
+            **{k: self._counter(k) for k in _COUNTERS},
+        )
+
+    def envelopes(self) -> Iterator[bytes]:
+        """Every stored envelope body in seq order (for `cgw verify`)."""
+        for (body,) in self.db.execute("SELECT body FROM envelopes ORDER BY seq"):
+            yield body.encode() if isinstance(body, str) else bytes(body)
+
+
+def _batches(rows: list[tuple[int, str, bytes]], size: int) -> Iterator[tuple[str, list[bytes]]]:
+    """Consecutive runs of one stream, cut at `size` records."""
+    stream: str | None = None
+    batch: list[bytes] = []
+    for _, row_stream, record in rows:
+        if batch and (row_stream != stream or len(batch) >= size):
+            assert stream is not None
+            yield stream, batch
+            batch = []
+        stream = row_stream
+        batch.append(bytes(record))
+    if batch and stream is not None:
+        yield stream, batch

@@ -1,0 +1,192 @@
+"""`cgw emulate`: serve emulated meters on a serial line, a new pty, or a TCP port until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+from drivers.emulation.meter import FAULTS, EmulatedMeter
+from drivers.emulation.server import EmulatorServer
+from drivers.profile import load_shipped_profile, shipped_profiles
+
+EX_USAGE = 2
+BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+DEFAULT_METERS = ("1:eastron_sdm630", "2:chint_dtsu666")
+
+
+class UsageError(Exception):
+    """A bad argument; the message is the whole explanation."""
+
+
+@dataclass(frozen=True)
+class MeterSpec:
+    unit: int
+    profile: str
+    fault: str | None
+
+
+@dataclass(frozen=True)
+class Options:
+    meters: tuple[MeterSpec, ...]
+    serial: str | None
+    baudrate: int
+    parity: str
+    stopbits: int
+    pty: str | None
+    tcp: tuple[str, int] | None
+    seed: int
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Values are checked in run(), so that every mistake is one clear line (argparse adds usage).
+    parser.add_argument("--serial", metavar="PATH", help="serve Modbus RTU on this serial device")
+    parser.add_argument("--baudrate", default="9600", help="baud rate for --serial (default 9600)")
+    parser.add_argument("--parity", default="N", help="N, E or O for --serial (default N)")
+    parser.add_argument("--stopbits", default="1", help="1 or 2 for --serial (default 1)")
+    parser.add_argument(
+        "--pty",
+        metavar="LINK",
+        help="create a pty pair, serve RTU on one end and symlink the other end at LINK",
+    )
+    parser.add_argument("--tcp", metavar="HOST:PORT", help="serve Modbus TCP (port 0: any free)")
+    parser.add_argument(
+        "--meter",
+        action="append",
+        metavar="UNIT:PROFILE[:FAULT]",
+        help="a meter to emulate (repeatable; default: "
+        f"{' and '.join(DEFAULT_METERS)}); FAULT is one of {', '.join(FAULTS)}",
+    )
+    parser.add_argument("--seed", default="0", help="seed of the emulated loads (default 0)")
+
+
+def _integer(text: str, option: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: not a whole number") from None
+    if not low <= value <= high:
+        raise UsageError(f"{option} {text!r}: must be between {low} and {high}")
+    return value
+
+
+def _meter(text: str) -> MeterSpec:
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise UsageError(f"--meter {text!r}: expected UNIT:PROFILE or UNIT:PROFILE:FAULT")
+    unit = _integer(parts[0], f"--meter {text!r}: unit", 1, 247)
+    if parts[1] not in shipped_profiles():
+        raise UsageError(
+            f"--meter {text!r}: no profile {parts[1]!r} (shipped: {', '.join(shipped_profiles())})"
+        )
+    fault = parts[2] if len(parts) == 3 else None
+    if fault is not None and fault not in FAULTS:
+        raise UsageError(f"--meter {text!r}: no fault {fault!r} (one of {', '.join(FAULTS)})")
+    return MeterSpec(unit, parts[1], fault)
+
+
+def _tcp(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise UsageError(f"--tcp {text!r}: expected HOST:PORT, e.g. 127.0.0.1:1502")
+    return host.strip("[]"), _integer(port, f"--tcp {text!r}: port", 0, 65535)
+
+
+def parse_options(args: argparse.Namespace) -> Options:
+    meters = tuple(_meter(text) for text in (args.meter or DEFAULT_METERS))
+    units = [m.unit for m in meters]
+    duplicate = next((u for u in units if units.count(u) > 1), None)
+    if duplicate is not None:
+        raise UsageError(f"--meter: unit {duplicate} given twice")
+    if not (args.serial or args.pty or args.tcp):
+        raise UsageError(
+            "nothing to serve on: give --serial PATH, --pty LINK and/or --tcp HOST:PORT"
+        )
+    baudrate = _integer(args.baudrate, "--baudrate", 1, 4_000_000)
+    if baudrate not in BAUDRATES:
+        raise UsageError(f"--baudrate {baudrate}: one of {', '.join(map(str, BAUDRATES))}")
+    parity = args.parity.upper()
+    if parity not in ("N", "E", "O"):
+        raise UsageError(f"--parity {args.parity!r}: N, E or O")
+    return Options(
+        meters=meters,
+        serial=args.serial,
+        baudrate=baudrate,
+        parity=parity,
+        stopbits=_integer(args.stopbits, "--stopbits", 1, 2),
+        pty=args.pty,
+        tcp=_tcp(args.tcp) if args.tcp else None,
+        seed=_integer(args.seed, "--seed", -(2**63), 2**63 - 1),
+    )
+
+
+def _start(server: EmulatorServer, options: Options) -> list[str]:
+    """Open every endpoint; returns what each serves on, for the user. UsageError if one fails."""
+    places = []
+    if options.serial:
+        if not os.path.exists(options.serial):
+            raise UsageError(f"--serial {options.serial}: no such device")
+        try:
+            server.serve_serial(options.serial, options.baudrate, options.parity, options.stopbits)
+        except OSError as exc:
+            raise UsageError(f"--serial {options.serial}: cannot open: {exc}") from None
+        line = f"{options.baudrate} 8{options.parity}{options.stopbits}"
+        places.append(f"{options.serial} (RTU {line})")
+    if options.pty:
+        try:
+            slave = server.start_pty(options.pty)
+        except OSError as exc:
+            raise UsageError(f"--pty {options.pty}: cannot create: {exc.strerror}") from None
+        places.append(f"{options.pty} -> {slave} (RTU over a pty, any baud rate)")
+    if options.tcp:
+        host, port = options.tcp
+        try:
+            actual = server.serve_tcp(host, port)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise UsageError(f"--tcp {host}:{port}: cannot listen: {reason}") from None
+        places.append(f"{host}:{actual} (Modbus TCP)")
+    return places
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = parse_options(args)
+    except UsageError as exc:
+        print(f"cgw emulate: {exc}", file=sys.stderr)
+        return EX_USAGE
+    meters = [
+        EmulatedMeter(m.unit, load_shipped_profile(m.profile), seed=options.seed, fault=m.fault)
+        for m in options.meters
+    ]
+    server = EmulatorServer(meters)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            places = _start(server, options)
+        except UsageError as exc:
+            print(f"cgw emulate: {exc}", file=sys.stderr)
+            return 1
+        for place in places:
+            for m in options.meters:
+                fault = f" with fault {m.fault}" if m.fault else ""
+                print(f"serving unit {m.unit} {m.profile}{fault} on {place}")
+        print("press Ctrl-C to stop", flush=True)
+        while not stop.wait(0.5):
+            if server.failures:
+                print(f"cgw emulate: stopped: {server.failures[0]}", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

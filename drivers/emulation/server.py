@@ -1,0 +1,353 @@
+"""Serve emulated meters over Modbus RTU (a serial device or a pty of our own) and Modbus TCP.
+
+An independent Modbus slave: its own CRC, RTU framing and MBAP framing, no pymodbus, so that the
+gateway's driver is tested against bytes it did not produce itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import tty
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+import serial
+
+from drivers.emulation.meter import EmulatedMeter, Reply
+
+log = logging.getLogger("cgw.emulation")
+
+_IDLE_S = 0.2  # how often idle threads look at the stop flag
+_GAP_S = 0.05  # silence that ends a frame on a serial line (generous: USB adapters batch bytes)
+_MAX_RTU = 256  # longest RTU frame
+
+
+def crc16(data: bytes | bytearray) -> int:
+    """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF); sent low byte first."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def rtu_frame(unit: int, pdu: bytes) -> bytes:
+    body = bytes([unit]) + pdu
+    return body + crc16(body).to_bytes(2, "little")
+
+
+def _rtu_request_length(buf: bytes) -> int | None:
+    """Length of the request frame at the start of buf; 0 if unknown; None if more bytes needed."""
+    function = buf[1]
+    if function in (1, 2, 3, 4, 5, 6, 8):
+        return 8
+    if function in (7, 11, 12, 17):
+        return 4
+    if function in (15, 16):
+        return 9 + buf[6] if len(buf) > 6 else None
+    return 0
+
+
+def _starts_frame(buf: bytearray) -> bool:
+    """Whether buf can begin a request at all: a unit 0..247 and a function code 1..127."""
+    return buf[0] <= 247 and 1 <= buf[1] <= 127
+
+
+def _complete_frame_later(buf: bytearray) -> int | None:
+    """Offset of the first complete, CRC-valid request of known length after the start of buf."""
+    for start in range(1, len(buf) - 3):
+        candidate = buf[start:]
+        length = _rtu_request_length(bytes(candidate))
+        if (
+            length
+            and len(candidate) >= length
+            and crc16(candidate[: length - 2]) == _crc_at(candidate, length)
+        ):
+            return start
+    return None
+
+
+def split_rtu(buf: bytearray, final: bool) -> tuple[int, bytes] | None:
+    """Take the next valid request (unit, pdu) off the front of buf, dropping bytes that cannot
+    start one. Without `final` an incomplete frame waits for more bytes; with it (the line went
+    quiet) the incomplete start is dropped too."""
+    while len(buf) >= 4:
+        if not _starts_frame(buf):
+            del buf[0]
+            continue
+        length = _rtu_request_length(bytes(buf))
+        if length == 0:
+            # Unknown function: the frame ends wherever a CRC matches.
+            length = next(
+                (n for n in range(4, len(buf) + 1) if crc16(buf[: n - 2]) == _crc_at(buf, n)),
+                None,
+            )
+            if length is None and not final and len(buf) < _MAX_RTU:
+                later = _complete_frame_later(buf)
+                if later is None:
+                    return None  # maybe the rest of an unusual frame is still on its way
+                del buf[:later]
+                continue
+        elif length is None or len(buf) < length:
+            if not final:
+                return None
+            length = None
+        if length is not None and crc16(buf[: length - 2]) == _crc_at(buf, length):
+            frame = bytes(buf[:length])
+            del buf[:length]
+            return frame[0], frame[1:-2]
+        del buf[0]  # resync: this byte cannot start a frame
+    if final:
+        buf.clear()
+    return None
+
+
+def _crc_at(buf: bytearray, length: int) -> int:
+    return int.from_bytes(buf[length - 2 : length], "little")
+
+
+class _Channel(Protocol):
+    name: str
+
+    def read(self, timeout: float) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _PtyChannel:
+    """The master side of a pty pair we created; the slave side is what the gateway opens."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)  # no echo, no line discipline: bytes pass as they are
+        self.name = os.ttyname(self.slave)
+
+    def read(self, timeout: float) -> bytes:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        return os.read(self.master, 4096) if ready else b""
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.master, view) :]
+
+    def close(self) -> None:
+        # The slave stays open until here so that the master never sees a hang-up in between.
+        os.close(self.master)
+        os.close(self.slave)
+
+
+class _SerialChannel:
+    def __init__(self, path: str, baudrate: int, parity: str, stopbits: int, bytesize: int):
+        self.name = path
+        self.port = serial.Serial(
+            path,
+            baudrate=baudrate,
+            parity=parity,
+            stopbits=stopbits,
+            bytesize=bytesize,
+            timeout=_GAP_S,
+        )
+
+    def read(self, timeout: float) -> bytes:
+        # The port's own timeout (the frame gap) bounds the wait; `timeout` is only a hint here.
+        first = bytes(self.port.read(1))
+        return first + bytes(self.port.read(self.port.in_waiting)) if first else b""
+
+    def write(self, data: bytes) -> None:
+        self.port.write(data)
+        self.port.flush()
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class EmulatorServer:
+    """Serves `meters` (by unit id) on RTU lines and TCP ports, each endpoint in its own thread.
+
+    Requests for units it does not serve, and broadcasts (unit 0), get no answer, as on RS-485.
+    """
+
+    def __init__(self, meters: Iterable[EmulatedMeter]) -> None:
+        self.meters: dict[int, EmulatedMeter] = {}
+        for meter in meters:
+            if meter.unit in self.meters:
+                raise ValueError(f"two meters with unit {meter.unit}")
+            self.meters[meter.unit] = meter
+        self.failures: list[str] = []  # endpoints that stopped on an error (e.g. adapter removed)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._closers: list[socket.socket] = []
+        self._links: list[Path] = []
+        self._lock = threading.Lock()
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def serve_serial(
+        self,
+        path: str,
+        baudrate: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        bytesize: int = 8,
+    ) -> None:
+        """Answer RTU on an existing serial device or pty; OSError if it cannot be opened."""
+        channel = _SerialChannel(path, baudrate, parity, stopbits, bytesize)
+        self._spawn(lambda: self._serve_rtu(channel), f"rtu {path}")
+
+    def start_pty(self, link: str | Path | None = None) -> str:
+        """Create a pty pair, answer RTU on one end and return the other end's path for the
+        gateway; with `link`, also point a symlink there (replacing an older symlink)."""
+        channel = _PtyChannel()
+        if link is not None:
+            link = Path(link)
+            try:
+                if link.is_symlink():
+                    link.unlink()
+                link.symlink_to(channel.name)
+            except OSError:
+                channel.close()
+                raise
+            self._links.append(link)
+        self._spawn(lambda: self._serve_rtu(channel), f"pty {channel.name}")
+        return channel.name
+
+    def serve_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Answer Modbus TCP on host:port (0 picks a free port); returns the port."""
+        listener = socket.create_server((host, port))
+        listener.settimeout(_IDLE_S)
+        with self._lock:
+            self._closers.append(listener)
+        self._spawn(lambda: self._accept(listener), f"tcp {host}:{port}")
+        return int(listener.getsockname()[1])
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop answering, drop TCP connections, close ports and remove our symlinks."""
+        self._stop.set()
+        with self._lock:
+            for sock in self._closers:
+                _shut(sock)  # wakes the thread blocked on it, which then closes it
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)
+        for link in self._links:
+            if link.is_symlink():
+                link.unlink()
+
+    def __enter__(self) -> EmulatorServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _spawn(self, run: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=run, name=f"emulator {name}", daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def _answer(self, unit: int, pdu: bytes) -> Reply | None:
+        meter = self.meters.get(unit)
+        if meter is None:
+            return None
+        reply = meter.respond(pdu)
+        if reply.pdu is None:
+            return None
+        if reply.delay_s and self._stop.wait(reply.delay_s):
+            return None
+        return reply
+
+    def _serve_rtu(self, channel: _Channel) -> None:
+        buf = bytearray()
+        try:
+            while not self._stop.is_set():
+                data = channel.read(_GAP_S if buf else _IDLE_S)
+                buf += data
+                while (request := split_rtu(buf, final=not data)) is not None:
+                    unit, pdu = request
+                    reply = self._answer(unit, pdu) if unit else None
+                    if reply is not None and reply.pdu is not None:
+                        frame = rtu_frame(unit, reply.pdu)
+                        if reply.corrupt:
+                            frame = frame[:-2] + bytes([frame[-2] ^ 0xFF, frame[-1] ^ 0x5A])
+                        channel.write(frame)
+        except (OSError, serial.SerialException) as exc:
+            if not self._stop.is_set():
+                log.error("emulator on %s stopped: %s", channel.name, exc)
+                self.failures.append(f"{channel.name}: {exc}")
+        finally:
+            channel.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break  # closed by stop()
+            conn.settimeout(_IDLE_S)
+            with self._lock:
+                if self._stop.is_set():
+                    conn.close()
+                    break
+                self._closers.append(conn)
+            self._spawn(functools.partial(self._serve_tcp_connection, conn), "tcp connection")
+        listener.close()
+
+    def _serve_tcp_connection(self, conn: socket.socket) -> None:
+        buf = bytearray()
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(4096)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= 8:
+                    tid, protocol, length, unit = struct.unpack(">HHHB", buf[:7])
+                    if protocol != 0 or not 2 <= length <= 254:
+                        return  # not Modbus TCP: drop the connection as real devices do
+                    if len(buf) < 6 + length:
+                        break
+                    pdu = bytes(buf[7 : 6 + length])
+                    del buf[: 6 + length]
+                    reply = self._answer(unit, pdu)
+                    if reply is not None and reply.pdu is not None:
+                        conn.sendall(_mbap(tid, unit, reply.pdu, reply.corrupt))
+        except OSError:
+            pass  # peer went away or stop() shut the socket
+        finally:
+            with self._lock:
+                if conn in self._closers:
+                    self._closers.remove(conn)
+            conn.close()
+
+
+def _mbap(tid: int, unit: int, pdu: bytes, corrupt: bool) -> bytes:
+    if corrupt and len(pdu) > 2:
+        # A byte count that promises more data than the frame carries: a malformed response.
+        pdu = pdu[:1] + bytes([(pdu[1] + 2) & 0xFF]) + pdu[2:]
+    return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+
+
+def _shut(sock: socket.socket) -> None:
+    # OSError: not connected (a listener on some systems) or already gone.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)

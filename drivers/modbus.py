@@ -1,0 +1,277 @@
+"""Read devices over Modbus RTU or TCP with pymodbus; every outcome becomes a Snapshot.
+
+`ModbusBus.read` never raises for what the bus or the meter does: a missing port, a refused
+connection, silence, exception responses and garbled frames all come back as a Snapshot with a
+quality and an `error`. It (re)connects lazily, so a USB adapter that is unplugged and plugged
+back in, or a TCP meter that reboots, is read again without restarting anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from pymodbus.client import ModbusSerialClient, ModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
+
+from drivers.codec import decode
+from drivers.plan import ReadRequest, plan_reads
+from drivers.snapshot import (
+    EXCEPTION,
+    FLAG_INVALID,
+    FLAG_OUT_OF_RANGE,
+    INVALID_RESPONSE,
+    NO_CONNECTION,
+    OK,
+    OUT_OF_RANGE,
+    TIMEOUT,
+    Snapshot,
+)
+from drivers.vocabulary import vocabulary
+from gateway.config import Bus, Device, SerialBus
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+# A TCP connection that times out this many times in a row is dropped and made afresh: the peer
+# may have rebooted or a NAT may have forgotten us, and a half-open socket never recovers itself.
+TCP_TIMEOUTS_BEFORE_RECONNECT = 3
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def quiet_pymodbus() -> None:
+    """pymodbus logs an ERROR per timeout and per failed connect; our Snapshots already say it.
+    Leave the level alone if someone configured it on purpose."""
+    logger = logging.getLogger("pymodbus")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.CRITICAL)
+
+
+class _Failure(Exception):
+    def __init__(self, quality: str, error: str) -> None:
+        super().__init__(error)
+        self.quality = quality
+        self.error = error
+
+
+class _TcpClient(ModbusTcpClient):
+    """pymodbus's TCP client, remembering why the last connect failed."""
+
+    def __init__(
+        self, host: str, port: int, timeout: float, trace_packet: Callable[[bool, bytes], bytes]
+    ) -> None:
+        super().__init__(host, port=port, timeout=timeout, retries=0, trace_packet=trace_packet)
+        self.address = (host, port)
+        self.timeout = timeout
+        self.connect_error = ""
+
+    def connect(self) -> bool:
+        if self.socket is not None:
+            return True
+        try:
+            self.socket = socket.create_connection(self.address, timeout=self.timeout)
+        except OSError as exc:
+            self.connect_error = exc.strerror or str(exc) or type(exc).__name__
+            return False
+        return True
+
+
+class ModbusBus:
+    """One pymodbus client for one bus; `read` performs one device's poll.
+
+    Serial buses carry one transaction at a time: the caller must not call `read` concurrently.
+    """
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._bytes_in = 0  # bytes received during the current transaction
+        self._tcp_timeouts = 0
+        self._client: ModbusSerialClient | _TcpClient
+        if isinstance(bus, SerialBus):
+            self.where = f"serial port {bus.port}"
+            self._client = ModbusSerialClient(
+                bus.port,
+                baudrate=bus.baudrate,
+                parity=bus.parity,
+                stopbits=bus.stopbits,
+                bytesize=bus.bytesize,
+                timeout=bus.timeout_s,
+                retries=0,
+                trace_packet=self._trace,
+            )
+        else:
+            self.where = f"{bus.host}:{bus.port}"
+            self._client = _TcpClient(bus.host, bus.port, bus.timeout_s, trace_packet=self._trace)
+        quiet_pymodbus()
+
+    def read(self, device: Device) -> Snapshot:
+        """Poll every register `device` is configured for; never raises for bus or meter trouble."""
+        requests = plan_reads(device.profile.select(device.quantities))
+        answers: list[tuple[ReadRequest, list[int]]] = []
+        try:
+            self._connect()
+            for request in requests:
+                answers.append((request, self._transact(device.unit, request)))
+        except _Failure as failure:
+            return Snapshot(device.id, now_ms(), failure.quality, error=failure.error)
+        ts_ms = now_ms()
+        return _snapshot(device.id, ts_ms, answers)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._client.connected:
+            return
+        if self._client.connect():
+            self._tcp_timeouts = 0
+            return
+        if isinstance(self._client, _TcpClient):
+            raise _Failure(
+                NO_CONNECTION, f"cannot connect to {self.where}: {self._client.connect_error}"
+            )
+        assert isinstance(self.bus, SerialBus)
+        raise _Failure(NO_CONNECTION, _serial_open_error(self.bus.port))
+
+    def _serial_port_replaced(self) -> bool:
+        """True when the device path is gone or now names another device (adapter re-plugged,
+        socat restarted): the open file descriptor will never carry traffic again."""
+        if not isinstance(self.bus, SerialBus) or "://" in self.bus.port:
+            return False
+        port = self._client.socket
+        if port is None:
+            return False
+        try:
+            opened = os.fstat(port.fileno()).st_rdev
+        except (AttributeError, OSError, ValueError):
+            return False
+        try:
+            return os.stat(self.bus.port).st_rdev != opened
+        except OSError:
+            return True
+
+    # -- one request -------------------------------------------------------------------------
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            # pymodbus hands over its whole receive buffer each time, so keep the largest.
+            self._bytes_in = max(self._bytes_in, len(data))
+        return data
+
+    def _transact(self, unit: int, request: ReadRequest) -> list[int]:
+        what = f"FC{request.function:02d} 0x{request.address:04X}+{request.count}"
+        call = (
+            self._client.read_holding_registers
+            if request.function == 3
+            else self._client.read_input_registers
+        )
+        self._bytes_in = 0
+        try:
+            response: ModbusPDU = call(request.address, count=request.count, device_id=unit)
+        except ConnectionException:
+            self._client.close()
+            raise _Failure(
+                NO_CONNECTION, f"lost connection to {self.where} reading {what}"
+            ) from None
+        except ModbusIOException:
+            if self._bytes_in:
+                raise _Failure(
+                    INVALID_RESPONSE,
+                    f"{self._bytes_in} bytes arrived but no valid response (bad CRC, wrong unit "
+                    f"or malformed frame) reading {what}",
+                ) from None
+            self._after_timeout()
+            raise _Failure(
+                TIMEOUT,
+                f"no response from unit {unit} within {self.bus.timeout_s:g} s reading {what}",
+            ) from None
+        except ModbusException as exc:
+            raise _Failure(INVALID_RESPONSE, f"{exc} reading {what}") from None
+        except OSError as exc:
+            self._client.close()
+            raise _Failure(
+                NO_CONNECTION, f"lost connection to {self.where} reading {what}: {exc}"
+            ) from None
+        except Exception as exc:  # pymodbus choking on bytes it could not parse
+            self._client.close()
+            raise _Failure(
+                INVALID_RESPONSE,
+                f"unparseable response reading {what}: {type(exc).__name__}: {exc}",
+            ) from None
+        self._tcp_timeouts = 0
+        if response.isError():
+            code = response.exception_code
+            name = EXCEPTION_NAMES.get(code, "unknown exception code")
+            raise _Failure(EXCEPTION, f"Modbus exception {code} ({name}) reading {what}")
+        if response.function_code != request.function:
+            raise _Failure(
+                INVALID_RESPONSE,
+                f"answer has function code {response.function_code} reading {what}",
+            )
+        words = list(response.registers)
+        if len(words) != request.count:
+            raise _Failure(INVALID_RESPONSE, f"answer has {len(words)} registers reading {what}")
+        return words
+
+    def _after_timeout(self) -> None:
+        if isinstance(self._client, _TcpClient):
+            self._tcp_timeouts += 1
+            if self._tcp_timeouts >= TCP_TIMEOUTS_BEFORE_RECONNECT:
+                self._client.close()
+                self._tcp_timeouts = 0
+        elif self._serial_port_replaced():
+            self._client.close()
+            raise _Failure(
+                NO_CONNECTION, f"{self.where} vanished or now names another device (re-plugged?)"
+            )
+
+
+def _serial_open_error(port: str) -> str:
+    if "://" in port:
+        return f"cannot open serial port {port}"
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return f"serial port {port} not found (adapter unplugged?)"
+        if exc.errno == errno.EACCES:
+            return f"cannot open serial port {port}: permission denied (user not in dialout group?)"
+        return f"cannot open serial port {port}: {exc.strerror}"
+    os.close(fd)
+    return f"cannot open serial port {port}: in use by another program, or not a serial port"
+
+
+def _snapshot(device_id: str, ts_ms: int, answers: list[tuple[ReadRequest, list[int]]]) -> Snapshot:
+    known = vocabulary()
+    values: dict[str, float] = {}
+    flags: dict[str, str] = {}
+    for request, words in answers:
+        for register in request.registers:
+            start = register.address - request.address
+            value = decode(register, words[start : start + register.words])
+            if value is None:
+                flags[register.quantity] = FLAG_INVALID
+                continue
+            values[register.quantity] = value
+            if not known[register.quantity].plausible(value):
+                flags[register.quantity] = FLAG_OUT_OF_RANGE
+    quality = OUT_OF_RANGE if flags else OK
+    return Snapshot(device_id, ts_ms, quality, values=values, flags=flags)

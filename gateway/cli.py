@@ -1,0 +1,256 @@
+"""The `cgw` command. Errors reach the user as one clear line and an exit status, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from buffer.keys import SigningKeyError
+from gateway import __version__
+from gateway.config import DEFAULT_PATH, Config, ConfigError, load
+
+EX_USAGE = 2  # argparse's own
+EX_SOFTWARE = 70
+EX_CONFIG = 78
+
+log = logging.getLogger("cgw")
+
+
+class CommandError(Exception):
+    """A problem the user can fix; `status` is the exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load(args.config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon import Daemon
+
+    return Daemon(_config(args)).run()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(Path(args.data_dir), args.duration)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.status import collect, render
+
+    status = collect(_config(args))
+    print(json.dumps(status, indent=2) if args.json else render(status))
+    return 0
+
+
+def _read_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                yield line.rstrip(b"\r\n")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from buffer.keys import key_id, load_public_key
+    from buffer.verify import verify
+    from gateway.daemon import open_buffer
+    from gateway.status import public_key
+
+    keys = {}
+    for text in args.public_key or []:
+        candidate = Path(text)
+        try:
+            material = candidate.read_text(encoding="ascii") if candidate.exists() else text
+            key = load_public_key(material)
+        except (OSError, ValueError) as exc:
+            raise CommandError(
+                f"--public-key {text}: not an Ed25519 public key ({exc})", EX_USAGE
+            ) from None
+        keys[key_id(key)] = key
+    bodies: Iterator[bytes]
+    if args.capture:
+        if not keys:
+            raise CommandError(
+                "--capture needs the gateways' public keys: give --public-key", EX_USAGE
+            )
+        try:
+            bodies = iter(list(_read_lines(Path(args.capture))))
+        except OSError as exc:
+            raise CommandError(f"{args.capture}: cannot read: {exc.strerror}") from None
+        source = args.capture
+    else:
+        config = _config(args)
+        if not keys:
+            own = public_key(config)
+            if own is None:
+                raise CommandError(
+                    f"{config.signing_key}: no signing key to verify with; give --public-key"
+                )
+            keys[key_id(own)] = own
+        db = config.data_dir / "buffer.db"
+        if not db.exists():
+            raise CommandError(f"{db}: no buffer database yet")
+        buffer = open_buffer(config, read_only=True)
+        bodies = iter(list(buffer.envelopes()))
+        buffer.close()
+        source = str(db)
+    report = verify(bodies, keys)
+    if args.json:
+        print(json.dumps({"source": source, **report.as_dict()}, indent=2))
+    else:
+        print(f"verified {source}")
+        for gateway, r in sorted(report.gateways.items()):
+            print(
+                f"  gateway {gateway}: {r.envelopes} envelopes, {r.records} readings, seq {r.first_seq}-{r.last_seq}, "
+                f"{r.duplicates} identical re-sends, completeness {r.completeness:.2%}"
+            )
+            for first, last in r.missing:
+                print(
+                    f"    missing seq {first}-{last}"
+                    if first != last
+                    else f"    missing seq {first}"
+                )
+        for p in report.problems:
+            print(f"  {p.kind.upper()}: gateway {p.gateway} seq {p.seq}: {p.detail}")
+        if not report.gateways and not report.problems:
+            print("  no envelopes")
+    if report.tampered:
+        return 1
+    return 3 if report.gaps else 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from drivers.profile import load_shipped_profile, shipped_profiles
+
+    for name in shipped_profiles():
+        profile = load_shipped_profile(name)
+        quantities = ", ".join(r.quantity for r in profile.registers)
+        print(f"{name:<20} {profile.model}\n{'':<20} {quantities}")
+    return 0
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from drivers.emulation.cli import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cgw",
+        description="cgw, the Carbon Edge Gateway: polls energy meters, keeps every reading signed in a "
+        "local buffer and publishes to the carbon platform over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"cgw {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str, config: bool = True
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if config:
+            p.add_argument(
+                "--config",
+                default=str(DEFAULT_PATH),
+                help=f"configuration file (default {DEFAULT_PATH})",
+            )
+        p.set_defaults(handler=handler)
+        return p
+
+    command("run", cmd_run, "Run the gateway daemon in the foreground (as systemd runs it).")
+    demo = command(
+        "demo",
+        cmd_demo,
+        "Run the gateway on emulated meters with a local broker, if one can start.",
+        config=False,
+    )
+    demo.add_argument(
+        "--data-dir",
+        default="demo-data",
+        help="where the demo keeps its buffer and key (default ./demo-data)",
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: until Ctrl-C)",
+    )
+    emulate = command(
+        "emulate",
+        cmd_emulate,
+        "Serve emulated meters on a serial line, a new pty, or a TCP port.",
+        config=False,
+    )
+    from drivers.emulation.cli import add_arguments
+
+    add_arguments(emulate)
+    status = command(
+        "status",
+        cmd_status,
+        "Show buffer backlog, last publish, device health and the signing key.",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    verify = command(
+        "verify",
+        cmd_verify,
+        "Check signatures, hash chain and sequence of the local buffer or a capture.",
+    )
+    verify.add_argument(
+        "--capture", help="a file of envelopes, one per line (e.g. saved by mosquitto_sub)"
+    )
+    verify.add_argument(
+        "--public-key", action="append", help="a public key (base64 or a file); repeatable"
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable report")
+    command("profiles", cmd_profiles, "List the meter profiles shipped with cgw.", config=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"cgw: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except SigningKeyError as exc:
+        print(f"cgw: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except CommandError as exc:
+        print(f"cgw: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log.debug("internal error", exc_info=True)
+        print(
+            f"cgw: internal error: {type(exc).__name__}: {exc} (run with --log-level debug for details)",
+            file=sys.stderr,
+        )
+        return EX_SOFTWARE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

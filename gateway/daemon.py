@@ -1,0 +1,246 @@
+"""The daemon: poll threads feed snapshots in; the main loop commits, seals, publishes and prunes.
+
+Only the main thread touches the database. Bus threads block on the serial line or socket; the MQTT
+thread only moves bytes. Everything the main loop does per step is bounded, so one slow part (a
+dead meter, a dead broker) never holds up the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections import defaultdict
+from types import FrameType
+
+from buffer.canonical import canonical
+from buffer.keys import fingerprint, load_or_create, public_key_text
+from buffer.store import Buffer
+from drivers.snapshot import Snapshot
+from drivers.vocabulary import vocabulary
+from gateway import __version__
+from gateway.config import Config, Device
+from gateway.poller import BusPoller
+from gateway.uplink import Uplink, now_ms
+
+log = logging.getLogger("cgw.daemon")
+
+READINGS = "readings"
+STEP_S = 0.2
+STATUS_FILE_EVERY_S = 2.0
+
+
+def open_buffer(config: Config, read_only: bool = False) -> Buffer:
+    return Buffer(
+        config.data_dir / "buffer.db",
+        gateway=config.gateway_id,
+        site=config.site,
+        envelope_max_records=config.buffer.envelope_max_records,
+        quota_bytes=int(config.buffer.quota_mb * 1024 * 1024),
+        read_only=read_only,
+    )
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.signer, created = load_or_create(config.signing_key)
+        if created:
+            log.info("created signing key %s (key id %s)", config.signing_key, self.signer.kid)
+        self.buffer = open_buffer(config)
+        self.snapshots: queue.SimpleQueue[Snapshot] = queue.SimpleQueue()
+        by_bus: dict[str, list[Device]] = defaultdict(list)
+        for device in config.devices:
+            by_bus[device.bus].append(device)
+        self.pollers = [
+            BusPoller(config.bus(b), devices, self.snapshots) for b, devices in by_bus.items()
+        ]
+        self.uplink = Uplink(config, self.meta, self.health) if config.mqtt.enabled else None
+        self.stop_requested = threading.Event()
+        self.started_ms = now_ms()
+        self.committed_records = 0
+        self._pending_since: float | None = (
+            time.monotonic() if self.buffer.pending_records else None
+        )
+        self._next_prune = time.monotonic()
+        self._next_status_file = 0.0
+        self._next_status_publish = time.monotonic() + config.mqtt.status_interval_s
+
+    # -- what the platform and `cgw status` see ----------------------------------------
+
+    def meta(self) -> dict[str, object]:
+        words = vocabulary()
+        return {
+            "contract": "cgw/v1",
+            "gateway": self.config.gateway_id,
+            "site": self.config.site,
+            "timezone": self.config.timezone,
+            "software": f"cgw {__version__}",
+            "key": {
+                "alg": "Ed25519",
+                "kid": self.signer.kid,
+                "public_key": public_key_text(self.signer.public),
+                "fingerprint": fingerprint(self.signer.public),
+            },
+            "envelope_max_records": self.config.buffer.envelope_max_records,
+            "devices": [
+                {
+                    "id": d.id,
+                    "bus": d.bus,
+                    "unit": d.unit,
+                    "profile": d.profile.name,
+                    "model": d.profile.model,
+                    "maker": d.profile.maker,
+                    "interval_s": d.interval_s,
+                    "quantities": {
+                        r.quantity: words[r.quantity].unit for r in d.profile.select(d.quantities)
+                    },
+                }
+                for d in self.config.devices
+            ],
+        }
+
+    def device_health(self) -> dict[str, dict[str, object]]:
+        return {device_id: h.as_dict() for p in self.pollers for device_id, h in p.health.items()}
+
+    def health(self) -> dict[str, object]:
+        stats = self.buffer.stats()
+        return {
+            "software": f"cgw {__version__}",
+            "last_seq": stats.last_seq,
+            "backlog_envelopes": stats.backlog_envelopes,
+            "backlog_records": stats.backlog_records,
+            "oldest_undelivered_ms": stats.oldest_undelivered_ms,
+            "dropped_records": stats.dropped_records,
+            "dropped_envelopes": stats.dropped_envelopes,
+            "devices": {
+                device_id: {k: h[k] for k in ("last_quality", "last_ok_ms", "consecutive_failures")}
+                for device_id, h in self.device_health().items()
+            },
+        }
+
+    def write_status_file(self, running: bool = True) -> None:
+        state = self.uplink.state if self.uplink else None
+        status = {
+            "pid": os.getpid(),
+            "running": running,
+            "ts": now_ms(),
+            "started_ms": self.started_ms,
+            "committed_records": self.committed_records,
+            "uplink": None
+            if state is None
+            else {
+                "broker": f"{self.config.mqtt.host}:{self.config.mqtt.port}",
+                "connected": state.connected,
+                "last_error": state.last_error,
+                "last_publish_ms": state.last_publish_ms,
+                "inflight": self.uplink.inflight if self.uplink else 0,
+                "rejected": state.rejected,
+            },
+            "devices": self.device_health(),
+        }
+        directory = self.config.runtime_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / "status.json.tmp"
+        tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
+        os.replace(tmp, directory / "status.json")
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: finishing the current cycle", signal.Signals(signum).name)
+        self.stop_requested.set()
+
+    def run(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        for poller in self.pollers:
+            poller.start()
+        if self.uplink:
+            self.uplink.start()
+        else:
+            log.warning("MQTT uplink disabled: readings are buffered only")
+        log.info(
+            "running: gateway %s, %d devices on %d buses, key id %s",
+            self.config.gateway_id,
+            len(self.config.devices),
+            len(self.pollers),
+            self.signer.kid,
+        )
+        try:
+            while not self.stop_requested.is_set():
+                self.step()
+        finally:
+            self.shutdown()
+        return 0
+
+    def step(self) -> None:
+        self._commit(self._collect(STEP_S))
+        now = time.monotonic()
+        if self._pending_since is not None and (
+            now - self._pending_since >= self.config.buffer.seal_interval_s
+            or self.buffer.pending_records >= self.config.buffer.envelope_max_records
+        ):
+            self._seal()
+        if self.uplink:
+            self.uplink.pump(self.buffer)
+            if now >= self._next_status_publish:
+                self._next_status_publish = now + self.config.mqtt.status_interval_s
+                self.uplink.publish_status()
+        if now >= self._next_prune:
+            self._next_prune = now + self.config.buffer.prune_interval_s
+            self.buffer.prune(now_ms(), int(self.config.buffer.delivered_retention_h * 3_600_000))
+        if now >= self._next_status_file:
+            self._next_status_file = now + STATUS_FILE_EVERY_S
+            self.write_status_file()
+
+    def _collect(self, wait_s: float) -> list[Snapshot]:
+        try:
+            batch = [self.snapshots.get(timeout=wait_s)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                batch.append(self.snapshots.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _commit(self, batch: list[Snapshot]) -> None:
+        if not batch:
+            return
+        if self.buffer.commit(READINGS, [canonical(s.record()) for s in batch]):
+            self.committed_records += len(batch)
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
+        else:
+            self._next_prune = time.monotonic()  # the disk is full: make room at once
+
+    def _seal(self) -> None:
+        self.buffer.seal_pending(self.signer, now_ms())
+        self._pending_since = None
+
+    def shutdown(self) -> None:
+        for poller in self.pollers:
+            poller.stop()
+        for poller in self.pollers:
+            poller.join(timeout=poller.bus.timeout_s * 4 + 1)
+        self._commit(self._collect(0))
+        if self.buffer.pending_records:
+            self._seal()
+        if self.uplink:
+            deadline = time.monotonic() + 3
+            self.uplink.pump(self.buffer)
+            while (
+                self.uplink.state.connected and self.uplink.inflight and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+                self.uplink.pump(self.buffer)
+            self.uplink.stop()
+        self.write_status_file(running=False)
+        self.buffer.close()
+        log.info("stopped")
