@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -115,8 +116,8 @@ def _check(
         return Problem("?", None, "malformed", f"not JSON: {exc}")
     if not isinstance(envelope, dict):
         return Problem("?", None, "malformed", "not a JSON object")
-    gateway = envelope.get("gateway") if isinstance(envelope.get("gateway"), str) else "?"
-    seq = envelope.get("seq") if isinstance(envelope.get("seq"), int) else None
+    gateway: str = envelope["gateway"] if isinstance(envelope.get("gateway"), str) else "?"
+    seq: int | None = envelope["seq"] if isinstance(envelope.get("seq"), int) else None
     for name, kind in REQUIRED.items():
         if not isinstance(envelope.get(name), kind) or isinstance(envelope.get(name), bool):
             return Problem(
@@ -187,7 +188,7 @@ def verify(bodies: Iterable[bytes], keys: Mapping[str, Ed25519PublicKey]) -> Rep
             report.problems.append(
                 Problem(gateway, 1, "chain_break", "seq 1 does not start the chain")
             )
-        for before, after in zip(seqs, seqs[1:], strict=False):
+        for before, after in itertools.pairwise(seqs):
             if after != before + 1:
                 gw.missing.append((before + 1, after - 1))
             elif by_seq[after].prev != by_seq[before].chain_hash:

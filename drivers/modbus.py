@@ -77,15 +77,15 @@ class _TcpClient(ModbusTcpClient):
         self, host: str, port: int, timeout: float, trace_packet: Callable[[bool, bytes], bytes]
     ) -> None:
         super().__init__(host, port=port, timeout=timeout, retries=0, trace_packet=trace_packet)
-        self.address = (host, port)
-        self.timeout = timeout
+        self._peer = (host, port)
+        self._connect_timeout = timeout
         self.connect_error = ""
 
     def connect(self) -> bool:
         if self.socket is not None:
             return True
         try:
-            self.socket = socket.create_connection(self.address, timeout=self.timeout)
+            self.socket = socket.create_connection(self._peer, timeout=self._connect_timeout)
         except OSError as exc:
             self.connect_error = exc.strerror or str(exc) or type(exc).__name__
             return False

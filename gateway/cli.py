@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(Path(args.data_dir), args.duration)
+    return run_demo(Path(args.data_dir), args.duration, with_broker=not args.no_broker)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         default="demo-data",
         help="where the demo keeps its buffer and key (default ./demo-data)",
+    )
+    demo.add_argument(
+        "--no-broker", action="store_true", help="do not start a local broker: buffer only"
     )
     demo.add_argument(
         "--duration",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -52,6 +53,8 @@ class LocalBroker:
                 if self.persistence
                 else "persistence false\n"
             )
+            # Started by root, mosquitto would drop to user `mosquitto`, who cannot read our files.
+            + f"user {getpass.getuser()}\n"
             + "log_dest stderr\n"
             "log_type error\n"
             "max_inflight_messages 1000\n"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -68,10 +68,8 @@ def collect(config: Config) -> dict[str, Any]:
     else:
         status["buffer"] = None
     runtime: dict[str, Any] | None = None
-    try:
+    with contextlib.suppress(OSError, ValueError):
         runtime = json.loads((config.runtime_dir / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
     if runtime is not None:
         fresh = time.time() * 1000 - runtime.get("ts", 0) < STALE_AFTER_S * 1000
         runtime["running"] = (

@@ -61,6 +61,7 @@ class Uplink:
         self._inflight: dict[int, int] = {}  # mid -> seq, owned by the main thread
         self._inflight_seqs: set[int] = set()
         self._just_connected = threading.Event()
+        self._connack: bool | None = None  # this connection attempt: accepted, refused, no answer
         self._stopping = threading.Event()
         self._live_mark = 0
         self._live_cursor = 0
@@ -125,18 +126,26 @@ class Uplink:
         delay = self.mqtt.reconnect_min_s
         where = f"{self.mqtt.host}:{self.mqtt.port}"
         while not self._stopping.is_set():
+            self._connack = None
             try:
                 self.client.reconnect()
             except (OSError, ValueError) as exc:
-                self._note_error(
-                    f"cannot connect to broker {where}: {_describe(exc)}; retry in {delay:g} s"
-                )
+                self._note_error(f"cannot connect to broker {where}: {_describe(exc)}")
             else:
                 rc = MQTTErrorCode.MQTT_ERR_SUCCESS
                 while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and not self._stopping.is_set():
                     rc = self.client.loop(timeout=0.5)
-                if self.state.connects and self.state.last_error is None:
-                    delay = self.mqtt.reconnect_min_s  # it was a working connection that dropped
+                if self._connack is True:
+                    delay = self.mqtt.reconnect_min_s  # a working connection dropped: retry soon
+                elif self._connack is None and not self._stopping.is_set():
+                    hint = (
+                        "the TLS client certificate and key"
+                        if self.mqtt.tls
+                        else "the protocol version"
+                    )
+                    self._note_error(
+                        f"broker {where} closed the connection before accepting it: check {hint}"
+                    )
             if self._stopping.wait(delay):
                 break
             delay = min(delay * 2, self.mqtt.reconnect_max_s)
@@ -154,6 +163,7 @@ class Uplink:
         reason: ReasonCode,
         properties: object,
     ) -> None:
+        self._connack = not reason.is_failure
         if reason.is_failure:
             self._note_error(
                 f"broker {self.mqtt.host}:{self.mqtt.port} refused the connection: {reason}"

@@ -96,7 +96,7 @@ def test_prune_drops_delivered_first_then_oldest_undelivered_and_counts_it(tmp_p
         buffer.commit("readings", records(200))
         buffer.seal_pending(signer, 1)
     buffer.quota_bytes = buffer.used_bytes() // 2
-    pruned, dropped = buffer.prune(now_ms=20_000, retention_ms=10_000)
+    _pruned, dropped = buffer.prune(now_ms=20_000, retention_ms=10_000)
     stats = buffer.stats()
     assert (
         dropped > 0 and stats.dropped_envelopes == dropped and stats.dropped_records == dropped * 50

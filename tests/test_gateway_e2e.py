@@ -16,7 +16,6 @@ import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from buffer.envelope import GENESIS_PREV
-from buffer.verify import verify
 from drivers.emulation.meter import EmulatedMeter
 from drivers.emulation.server import EmulatorServer
 from gateway.localbroker import LocalBroker
@@ -27,7 +26,9 @@ METERS = [Meter("incomer", 1, "eastron_sdm630"), Meter("compressor", 2, "chint_d
 
 
 def public_key(folder: Path) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(base64.b64decode((folder / "data" / "signing.pub").read_text()))
+    return Ed25519PublicKey.from_public_bytes(
+        base64.b64decode((folder / "data" / "signing.pub").read_text())
+    )
 
 
 def check_independently(bodies: list[bytes], key: Ed25519PublicKey) -> None:
@@ -57,13 +58,16 @@ def test_readings_reach_the_platform_signed_and_sigterm_stops_cleanly(
         wait_until(lambda: len(platform.seqs()) >= 5, 30, "five envelopes")
         status = subprocess.run(
             [sys.executable, "-m", "gateway.cli", "status", "--json", "--config", str(config)],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
         assert report["daemon"]["running"] and report["daemon"]["uplink"]["connected"]
         assert {d: h["last_quality"] for d, h in report["daemon"]["devices"].items()} == {
-            "incomer": "ok", "compressor": "ok"
+            "incomer": "ok",
+            "compressor": "ok",
         }
         assert daemon.stop() == 0
         wait_until(lambda: platform.last_json("status")["state"] == "offline", 10, "offline status")
@@ -94,19 +98,28 @@ def test_a_broker_outage_loses_nothing_and_live_data_goes_first(
 ) -> None:
     port = emulator.serve_tcp()
     config = write_config(
-        tmp_path, METERS, tcp_port=port, mqtt_port=broker.port, interval_s=0.1, mqtt_extra="inflight = 2"
+        tmp_path,
+        METERS,
+        tcp_port=port,
+        mqtt_port=broker.port,
+        interval_s=0.1,
+        mqtt_extra="inflight = 2",
     )
     with Subscriber(broker.port) as platform:
         daemon = DaemonProcess(config).start()
         wait_until(lambda: len(platform.seqs()) >= 3, 30, "first envelopes")
         broker.stop()
         outage_start = daemon.buffer().last_seq
-        wait_until(lambda: daemon.buffer().last_seq >= outage_start + 30, 30, "a backlog while offline")
+        wait_until(
+            lambda: daemon.buffer().last_seq >= outage_start + 30, 30, "a backlog while offline"
+        )
         live_mark = daemon.buffer().last_seq
         broker.start()
         wait_until(lambda: len(platform.seqs()) >= live_mark + 5, 60, "the backlog to drain")
         assert daemon.stop() == 0
-        wait_until(lambda: len(platform.seqs()) == daemon.buffer().last_seq, 10, "the last envelopes")
+        wait_until(
+            lambda: len(platform.seqs()) == daemon.buffer().last_seq, 10, "the last envelopes"
+        )
     arrival = [json.loads(b)["seq"] for b in platform.envelopes()]
     backlog_done = max(i for i, s in enumerate(arrival) if s <= live_mark)
     first_live = min(i for i, s in enumerate(arrival) if s > live_mark)
@@ -134,7 +147,11 @@ def test_meter_faults_are_flagged_and_do_not_disturb_other_meters(
                     seen.setdefault(r["device"], set()).add(r["quality"])
             return seen
 
-        wait_until(lambda: len(by_device()) == 5 and all(len(v) for v in by_device().values()), 30, "all devices")
+        wait_until(
+            lambda: len(by_device()) == 5 and all(len(v) for v in by_device().values()),
+            30,
+            "all devices",
+        )
         emulator.meters[1].fault = "nan"
         wait_until(lambda: "out_of_range" in by_device().get("incomer", set()), 20, "NaN flagged")
         assert daemon.process is not None and daemon.process.poll() is None
@@ -160,7 +177,11 @@ def committed_readings(db: Path) -> set[tuple[str, int]]:
         return set()
     with sqlite3.connect(db) as conn:
         pending = [json.loads(r) for (r,) in conn.execute("SELECT record FROM pending")]
-        sealed = [r for (b,) in conn.execute("SELECT body FROM envelopes") for r in json.loads(b)["records"]]
+        sealed = [
+            r
+            for (b,) in conn.execute("SELECT body FROM envelopes")
+            for r in json.loads(b)["records"]
+        ]
     return {(r["device"], r["ts"]) for r in pending + sealed}
 
 
@@ -168,7 +189,9 @@ def test_sigkill_at_random_moments_loses_no_committed_reading(
     tmp_path: Path, broker: LocalBroker, emulator: EmulatorServer
 ) -> None:
     port = emulator.serve_tcp()
-    config = write_config(tmp_path, METERS, tcp_port=port, mqtt_port=broker.port, interval_s=0.1, seal_interval_s=0.2)
+    config = write_config(
+        tmp_path, METERS, tcp_port=port, mqtt_port=broker.port, interval_s=0.1, seal_interval_s=0.2
+    )
     db = tmp_path / "data" / "buffer.db"
     rng = random.Random(7)
     committed: set[tuple[str, int]] = set()
@@ -181,10 +204,14 @@ def test_sigkill_at_random_moments_loses_no_committed_reading(
             assert committed <= now_committed, "a committed reading vanished from the buffer"
             committed = now_committed
         daemon = DaemonProcess(config).start().wait_running()
-        wait_until(lambda: daemon.buffer().stats().backlog_envelopes == 0, 60, "the backlog to drain")
+        wait_until(
+            lambda: daemon.buffer().stats().backlog_envelopes == 0, 60, "the backlog to drain"
+        )
         assert daemon.stop() == 0
         last_seq = daemon.buffer().last_seq
-        wait_until(lambda: platform.seqs() == set(range(1, last_seq + 1)), 20, "every seq delivered")
+        wait_until(
+            lambda: platform.seqs() == set(range(1, last_seq + 1)), 20, "every seq delivered"
+        )
     bodies = platform.envelopes()
     check_independently(bodies, public_key(tmp_path))
     by_seq: dict[int, bytes] = {}

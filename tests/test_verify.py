@@ -90,6 +90,6 @@ def test_reordered_envelopes_from_another_chain_break_it(
     other = Buffer(tmp_path / "b.db", gateway="gw-1", site="s", envelope_max_records=3)
     other.commit("readings", [canonical(Snapshot("m1", 1, "ok", {}).record())] * 9)
     other.seal_pending(signer, 1)
-    spliced = bodies[:2] + [list(other.envelopes())[2]]
+    spliced = [*bodies[:2], list(other.envelopes())[2]]
     report = verify(spliced, {**keys, signer.kid: signer.public})
     assert [(p.seq, p.kind) for p in report.problems] == [(3, "chain_break")]

@@ -37,7 +37,8 @@ class LoadModel:
     """The load seen by one meter; `sample()` returns every vocabulary quantity it can measure.
 
     `reversed_ct` (a phase 1, 2 or 3, or several) makes the meter see that phase's power negative,
-    as with a current transformer mounted backwards; with all three the meter counts export. `import_kwh`/`export_kwh` set the counters' starting values.
+    as with a current transformer mounted backwards; with all three the meter counts export.
+    `import_kwh`/`export_kwh` set the counters' starting values (default: seeded, export 0).
     `clock` returns seconds (time.time by default); tests and rigs may run it faster.
     """
 

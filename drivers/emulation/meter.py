@@ -51,7 +51,9 @@ def exception_pdu(function: int, code: int) -> bytes:
 class EmulatedMeter:
     """Answers FC03/FC04 reads of `profile`'s registers with values from a LoadModel.
 
-    `fault` may be changed at any time (from another thread) to one of FAULTS or None.
+    Without `load`, the model is seeded with `seed + unit`, so meters sharing a seed still differ.
+    `fault` may be changed at any time (from another thread) to one of FAULTS or None; "slow"
+    answers after `slow_delay_s`.
     """
 
     def __init__(

@@ -267,6 +267,7 @@ class EmulatorServer:
         reply = meter.respond(pdu)
         if reply.pdu is None:
             return None
+        # A slow meter holds up its RTU line (requests queue behind it) or its TCP connection.
         if reply.delay_s and self._stop.wait(reply.delay_s):
             return None
         return reply

@@ -44,7 +44,8 @@ def write_config(
         f"status_interval_s = 1\n{mqtt_extra}\n"
     )
     devices = "".join(
-        f'[[devices]]\nid = "{m.id}"\nbus = "bus"\nunit = {m.unit}\nprofile = "{m.profile}"\ninterval_s = {interval_s}\n'
+        f'[[devices]]\nid = "{m.id}"\nbus = "bus"\nunit = {m.unit}\nprofile = "{m.profile}"\n'
+        f"interval_s = {interval_s}\n"
         for m in meters
     )
     text = (
