@@ -21,6 +21,7 @@ from pathlib import Path
 
 from buffer.envelope import GENESIS_PREV, Sealed, seal
 from buffer.keys import Signer
+from buffer.space import SpaceGuard
 
 log = logging.getLogger("cgw.buffer")
 
@@ -46,6 +47,8 @@ CREATE TABLE IF NOT EXISTS state (
 );
 """
 
+WAL_CHECKPOINT_PAGES = 256
+WAL_LIMIT_BYTES = 1024 * 1024
 _COUNTERS = ("dropped_records", "dropped_envelopes", "failed_commits")
 
 
@@ -91,6 +94,7 @@ class Buffer:
         self.site = site
         self.envelope_max_records = envelope_max_records
         self.quota_bytes = quota_bytes
+        self.space = SpaceGuard(path)
         if read_only:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         else:
@@ -98,11 +102,15 @@ class Buffer:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
+            # A short WAL, truncated after each checkpoint: bounded disk, and room to recover.
+            self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self.db.executescript(SCHEMA)
         self.db.execute("PRAGMA busy_timeout=5000")
         self.last_seq = self._counter("last_seq")
         self.last_hash = str(self._state("last_hash", GENESIS_PREV))
         self.pending_records = self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
+        self._unsaved: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
 
     def close(self) -> None:
         self.db.close()
@@ -141,7 +149,7 @@ class Buffer:
 
     def commit(self, stream: str, records: Sequence[bytes]) -> bool:
         """Commit canonical records in one transaction. On a full disk the batch is counted as
-        dropped and False returned: polling goes on, the next prune makes room."""
+        dropped and False returned: polling goes on, and `make_room` frees space."""
         if not records:
             return True
         try:
@@ -150,16 +158,29 @@ class Buffer:
                     "INSERT INTO pending (stream, record) VALUES (?, ?)",
                     ((stream, r) for r in records),
                 )
+                unsaved = dict(self._unsaved)
+                for key, amount in unsaved.items():
+                    self._add_counter(db, key, amount)
         except sqlite3.OperationalError as exc:
             if not is_disk_full(exc):
                 raise
-            log.error("disk full: %d readings could not be stored and are dropped", len(records))
-            with contextlib.suppress(sqlite3.Error), self._transaction() as db:
-                self._add_counter(db, "dropped_records", len(records))
-                self._add_counter(db, "failed_commits", 1)
+            # Counted in memory until a transaction can carry the count to disk again.
+            self._unsaved["dropped_records"] += len(records)
+            self._unsaved["failed_commits"] += 1
             return False
+        for key, amount in unsaved.items():
+            self._unsaved[key] -= amount
         self.pending_records += len(records)
         return True
+
+    def make_room(self) -> int:
+        """The disk is full: give the WAL's space back and drop the oldest undelivered data until
+        a tenth of the buffer is free for new readings. Returns envelopes dropped."""
+        self.space.release()
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with self._transaction() as db:
+            db.execute("DELETE FROM envelopes WHERE delivered_ms IS NOT NULL")
+        return self._drop_oldest_until(self.used_bytes() * 9 // 10, "on a full disk")
 
     def seal_pending(self, signer: Signer, now_ms: int) -> list[Sealed]:
         """Seal every pending record into signed envelopes of at most `envelope_max_records`."""
@@ -226,13 +247,27 @@ class Buffer:
                 "DELETE FROM envelopes WHERE delivered_ms IS NOT NULL AND delivered_ms < ?",
                 (now_ms - retention_ms,),
             ).rowcount
-        if self.used_bytes() <= self.quota_bytes:
+        # The filesystem may hold less than the quota: keep a reserve's worth free beside it.
+        room = self.used_bytes() + self.space.free_bytes() - self.space.reserve_bytes
+        limit = min(self.quota_bytes, max(room, 0))
+        if self.used_bytes() <= limit:
+            self.space.ensure_reserve()
             return pruned, 0
         # Over quota even so: delivered data goes first whatever its age, then the oldest backlog.
         with self._transaction() as db:
             pruned += db.execute("DELETE FROM envelopes WHERE delivered_ms IS NOT NULL").rowcount
+        why = (
+            f"over its quota of {self.quota_bytes} bytes"
+            if limit == self.quota_bytes
+            else "short of disk space"
+        )
+        dropped = self._drop_oldest_until(limit, why)
+        self.space.ensure_reserve()
+        return pruned, dropped
+
+    def _drop_oldest_until(self, limit_bytes: int, why: str) -> int:
         dropped = 0
-        while self.used_bytes() > self.quota_bytes:
+        while self.used_bytes() > limit_bytes:
             with self._transaction() as db:
                 rows = db.execute(
                     "SELECT seq, records FROM envelopes WHERE delivered_ms IS NULL "
@@ -248,12 +283,9 @@ class Buffer:
                 self._set_state(db, last_dropped_seq=rows[-1][0])
             dropped += len(rows)
             log.warning(
-                "buffer over its quota of %d bytes: dropped undelivered envelopes seq %d-%d",
-                self.quota_bytes,
-                rows[0][0],
-                rows[-1][0],
+                "buffer %s: dropped undelivered envelopes seq %d-%d", why, rows[0][0], rows[-1][0]
             )
-        return pruned, dropped
+        return dropped
 
     def stats(self) -> Stats:
         backlog, records, oldest = self.db.execute(
@@ -270,7 +302,7 @@ class Buffer:
             last_delivered_ms=self._counter("last_delivered_ms") or None,
             used_bytes=self.used_bytes(),
             quota_bytes=self.quota_bytes,
-            **{k: self._counter(k) for k in _COUNTERS},
+            **{k: self._counter(k) + self._unsaved[k] for k in _COUNTERS},
         )
 
     def envelopes(self) -> Iterator[bytes]:

@@ -263,7 +263,7 @@ def _buffer(table: _Table) -> BufferConfig:
     buffer = BufferConfig(
         seal_interval_s=table.number("seal_interval_s", 5.0, 0.05, 60),
         envelope_max_records=table.integer("envelope_max_records", 500, 1, 100_000),
-        quota_mb=table.number("quota_mb", 1024.0, 1, 1_000_000),
+        quota_mb=table.number("quota_mb", 1024.0, 0.1, 1_000_000),
         delivered_retention_h=table.number("delivered_retention_h", 168.0, 0, 24 * 366 * 5),
         prune_interval_s=table.number("prune_interval_s", 60.0, 1, 86400),
     )

@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -19,7 +20,7 @@ from types import FrameType
 
 from buffer.canonical import canonical
 from buffer.keys import fingerprint, load_or_create, public_key_text
-from buffer.store import Buffer
+from buffer.store import Buffer, is_disk_full
 from drivers.snapshot import Snapshot
 from drivers.vocabulary import vocabulary
 from gateway import __version__
@@ -68,6 +69,7 @@ class Daemon:
         )
         self._next_prune = time.monotonic()
         self._next_status_file = 0.0
+        self._next_make_room = self._next_disk_full_log = 0.0
         self._next_status_publish = time.monotonic() + config.mqtt.status_interval_s
 
     # -- what the platform and `cgw status` see ----------------------------------------
@@ -180,8 +182,23 @@ class Daemon:
         return 0
 
     def step(self) -> None:
-        self._commit(self._collect(STEP_S))
+        batch = self._collect(STEP_S)
         now = time.monotonic()
+        try:
+            self._buffer_work(batch, now)
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._disk_full()
+        if now >= self._next_status_file:
+            self._next_status_file = now + STATUS_FILE_EVERY_S
+            try:
+                self.write_status_file()
+            except OSError as exc:
+                log.warning("cannot write %s/status.json: %s", self.config.runtime_dir, exc)
+
+    def _buffer_work(self, batch: list[Snapshot], now: float) -> None:
+        self._commit(batch)
         if self._pending_since is not None and (
             now - self._pending_since >= self.config.buffer.seal_interval_s
             or self.buffer.pending_records >= self.config.buffer.envelope_max_records
@@ -195,9 +212,6 @@ class Daemon:
         if now >= self._next_prune:
             self._next_prune = now + self.config.buffer.prune_interval_s
             self.buffer.prune(now_ms(), int(self.config.buffer.delivered_retention_h * 3_600_000))
-        if now >= self._next_status_file:
-            self._next_status_file = now + STATUS_FILE_EVERY_S
-            self.write_status_file()
 
     def _collect(self, wait_s: float) -> list[Snapshot]:
         try:
@@ -218,7 +232,26 @@ class Daemon:
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
         else:
-            self._next_prune = time.monotonic()  # the disk is full: make room at once
+            self._disk_full()
+
+    def _disk_full(self) -> None:
+        """Polling goes on: what cannot be stored is counted, and the oldest undelivered data
+        makes room (at most once a second; logged at most once a minute)."""
+        now = time.monotonic()
+        if now < self._next_make_room:
+            return
+        self._next_make_room = now + 1.0
+        if now >= self._next_disk_full_log:
+            self._next_disk_full_log = now + 60.0
+            log.error(
+                "disk full: %d readings dropped so far; dropping the oldest undelivered data to make room",
+                self.buffer.stats().dropped_records,
+            )
+        try:
+            self.buffer.make_room()
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
 
     def _seal(self) -> None:
         self.buffer.seal_pending(self.signer, now_ms())

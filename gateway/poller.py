@@ -59,7 +59,8 @@ class BusPoller:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
-        self._reader.close()
+        if not self._thread.is_alive():  # else it is still inside a read; the process exit ends it
+            self._reader.close()
 
     def _run(self) -> None:
         due = {d.id: time.monotonic() for d in self.devices}

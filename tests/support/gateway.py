@@ -64,10 +64,14 @@ class DaemonProcess:
         self.log = config.parent / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    @staticmethod
+    def command(config: Path, name: str = "run") -> list[str]:
+        return [sys.executable, "-m", "gateway.cli", name, "--config", str(config)]
+
     def start(self) -> DaemonProcess:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
+                self.command(self.config),
                 stdout=log,
                 stderr=log,
             )
