@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -48,11 +49,18 @@ def check_independently(bodies: list[bytes], key: Ed25519PublicKey) -> None:
         assert by_seq[seq][0] == by_seq[seq - 1][1], f"chain broken at {seq}"
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_readings_reach_the_platform_signed_and_sigterm_stops_cleanly(
-    tmp_path: Path, broker: LocalBroker, emulator: EmulatorServer
+    tmp_path: Path, broker: LocalBroker, emulator: EmulatorServer, protocol: str
 ) -> None:
     port = emulator.serve_tcp()
-    config = write_config(tmp_path, METERS, tcp_port=port, mqtt_port=broker.port)
+    config = write_config(
+        tmp_path,
+        METERS,
+        tcp_port=port,
+        mqtt_port=broker.port,
+        mqtt_extra=f'protocol = "{protocol}"',
+    )
     with Subscriber(broker.port) as platform:
         daemon = DaemonProcess(config).start().wait_running()
         wait_until(lambda: len(platform.seqs()) >= 5, 30, "five envelopes")
@@ -196,10 +204,15 @@ def test_sigkill_at_random_moments_loses_no_committed_reading(
     rng = random.Random(7)
     committed: set[tuple[str, int]] = set()
     with Subscriber(broker.port) as platform:
-        for _ in range(20):
+        for kill in range(20):
             daemon = DaemonProcess(config).start()
             time.sleep(rng.uniform(0.5, 1.5))
             daemon.kill()
+            if kill == 0:  # the broker publishes the will for the vanished gateway
+                wait_until(
+                    lambda: platform.last_json("status")["state"] == "offline", 10, "the will"
+                )
+                assert platform.last_json("status")["reason"] == "connection lost"
             now_committed = committed_readings(db)
             assert committed <= now_committed, "a committed reading vanished from the buffer"
             committed = now_committed

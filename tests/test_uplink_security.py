@@ -90,15 +90,40 @@ def test_tls_failure_is_logged_clearly_and_buffering_continues(
     )  # all kept for later
 
 
-def test_refused_credentials_are_logged_and_retried_with_backoff(
-    tmp_path: Path, emulator: EmulatorServer
-) -> None:
+def password_broker(tmp_path: Path) -> LocalBroker:
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
     passwords = workdir / "passwords"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "gw-test", "right"], check=True)
-    extra = f"allow_anonymous false\npassword_file {passwords}\n"
-    with LocalBroker(extra=extra, workdir=workdir) as broker:
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "platform", "secret"], check=True)
+    return LocalBroker(extra=f"allow_anonymous false\npassword_file {passwords}\n", workdir=workdir)
+
+
+def test_right_credentials_from_a_password_file_deliver(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    secret = tmp_path / "mqtt.password"
+    secret.write_text("right\n")
+    with password_broker(tmp_path) as broker:
+        config = write_config(
+            tmp_path / "gw",
+            METERS,
+            tcp_port=emulator.serve_tcp(),
+            mqtt_port=broker.port,
+            mqtt_extra=f'username = "gw-test"\npassword_file = "{secret}"\n',
+        )
+        platform = Subscriber(broker.port)
+        platform.client.username_pw_set("platform", "secret")
+        with platform:
+            daemon = DaemonProcess(config).start().wait_running()
+            wait_until(lambda: len(platform.seqs()) >= 2, 30, "envelopes with credentials")
+            assert daemon.stop() == 0
+
+
+def test_refused_credentials_are_logged_and_retried_with_backoff(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    with password_broker(tmp_path) as broker:
         config = write_config(
             tmp_path / "gw",
             METERS,
