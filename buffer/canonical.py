@@ -34,6 +34,11 @@ def format_number(value: float | int) -> str:
         raise CanonicalError(f"{value!r} has no JSON form")
     if value == 0:
         return "0"
+    if 1e-4 <= abs(value) < 1e16:
+        # Here repr() already writes the shortest round-trip digits in plain notation, as
+        # ECMAScript does; only an integral value loses its ".0".
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
     sign = "-" if value < 0 else ""
     mantissa, _, exponent = repr(abs(value)).partition("e")
     whole, _, fraction = mantissa.partition(".")

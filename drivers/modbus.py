@@ -102,6 +102,7 @@ class ModbusBus:
         self.bus = bus
         self._bytes_in = 0  # bytes received during the current transaction
         self._tcp_timeouts = 0
+        self._plans: dict[str, list[ReadRequest]] = {}
         self._client: ModbusSerialClient | _TcpClient
         if isinstance(bus, SerialBus):
             self.where = f"serial port {bus.port}"
@@ -122,7 +123,9 @@ class ModbusBus:
 
     def read(self, device: Device) -> Snapshot:
         """Poll every register `device` is configured for; never raises for bus or meter trouble."""
-        requests = plan_reads(device.profile.select(device.quantities))
+        requests = self._plans.get(device.id)
+        if requests is None:
+            requests = self._plans[device.id] = plan_reads(device.profile.select(device.quantities))
         answers: list[tuple[ReadRequest, list[int]]] = []
         try:
             self._connect()
