@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -104,7 +104,75 @@ def _write(value: Any, out: list[str | bytes]) -> None:
         raise CanonicalError(f"{type(value).__name__} has no JSON form")
 
 
+# Fast path for plain data (exact dict, list, tuple, str, int, float, bool, None), which is what a
+# reading record is. It gives the same text as `_write` or None, and on None (anything else: Raw,
+# other mappings or sequences, non-string keys, non-finite or unsafe numbers) `_write` decides.
+# Objects with the same keys share one sorted key order, with each key already encoded.
+_ORDERS: dict[tuple[Any, ...], tuple[tuple[str, str], ...] | None] = {}
+_MAX_ORDERS = 1024
+_encode_basestring: Callable[[str], str] = json.encoder.encode_basestring  # as _encode_string
+
+
+def _order(keys: tuple[Any, ...]) -> tuple[tuple[str, str], ...] | None:
+    order = _ORDERS.get(keys)
+    if order is None and keys not in _ORDERS:
+        if all(type(k) is str for k in keys):
+            ordered = sorted(keys, key=lambda k: k.encode("utf-16-be"))
+            order = tuple((k, _encode_basestring(k) + ":") for k in ordered)
+        if len(_ORDERS) >= _MAX_ORDERS:
+            _ORDERS.clear()
+        _ORDERS[keys] = order
+    return order
+
+
+def _text(value: Any) -> str | None:
+    kind = type(value)
+    if kind is float:
+        return format_number(value) if math.isfinite(value) else None
+    if kind is str:
+        return _encode_basestring(value)
+    if kind is dict:
+        order = _order(tuple(value))
+        if order is None:
+            return None
+        parts = []
+        for key, prefix in order:
+            item = value[key]
+            if type(item) is float and 1e-4 <= abs(item) < 1e16:  # format_number's common case
+                number = repr(item)
+                parts.append(prefix + (number[:-2] if number[-2:] == ".0" else number))
+                continue
+            text = _text(item)
+            if text is None:
+                return None
+            parts.append(prefix + text)
+        return "{" + ",".join(parts) + "}"
+    if kind is int:
+        return str(value) if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else None
+    if kind is list or kind is tuple:
+        texts = []
+        for item in value:
+            text = _text(item)
+            if text is None:
+                return None
+            texts.append(text)
+        return "[" + ",".join(texts) + "]"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    return None
+
+
 def canonical(value: Any) -> bytes:
+    try:
+        text = _text(value)
+        if text is not None:
+            return text.encode("utf-8")
+    except (RecursionError, UnicodeEncodeError):
+        pass  # the general path below gives the error it always gave
     parts: list[str | bytes] = []
     _write(value, parts)
     return b"".join(p if isinstance(p, bytes) else p.encode("utf-8") for p in parts)

@@ -2,8 +2,8 @@
 
 Durability: `synchronous=FULL`. In WAL mode NORMAL already survives a crash of the process (kill -9),
 but a power cut may lose the last commits; FULL syncs the WAL on every commit, so a reading that was
-committed survives a power cut too. It costs one fsync per poll-cycle commit, which the gateway's
-commit rate (a few per second at most) easily affords.
+committed survives a power cut too. It costs one fsync per commit, and the daemon commits once per
+`commit_interval_s` (default 1 s), whatever the number of meters.
 
 Rows move pending -> envelopes (sealed, signed, chained) -> delivered -> pruned. Delivered
 envelopes are pruned after the retention; undelivered ones only when the quota is still exceeded,

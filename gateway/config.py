@@ -56,6 +56,7 @@ class MqttConfig:
 
 @dataclass(frozen=True)
 class BufferConfig:
+    commit_interval_s: float = 1.0
     seal_interval_s: float = 5.0
     envelope_max_records: int = 500
     quota_mb: float = 1024.0
@@ -261,6 +262,7 @@ def _mqtt(table: _Table, gateway_id: str, base: Path) -> MqttConfig:
 
 def _buffer(table: _Table) -> BufferConfig:
     buffer = BufferConfig(
+        commit_interval_s=table.number("commit_interval_s", 1.0, 0.05, 60),
         seal_interval_s=table.number("seal_interval_s", 5.0, 0.05, 60),
         envelope_max_records=table.integer("envelope_max_records", 500, 1, 100_000),
         quota_mb=table.number("quota_mb", 1024.0, 0.1, 1_000_000),

@@ -70,6 +70,8 @@ class Daemon:
         self._next_prune = time.monotonic()
         self._next_status_file = 0.0
         self._next_make_room = self._next_disk_full_log = 0.0
+        self._uncommitted: list[Snapshot] = []
+        self._last_commit = 0.0
         self._next_status_publish = time.monotonic() + config.mqtt.status_interval_s
 
     # -- what the platform and `cgw status` see ----------------------------------------
@@ -182,10 +184,10 @@ class Daemon:
         return 0
 
     def step(self) -> None:
-        batch = self._collect(STEP_S)
+        self._uncommitted.extend(self._collect(STEP_S))
         now = time.monotonic()
         try:
-            self._buffer_work(batch, now)
+            self._buffer_work(now)
         except sqlite3.OperationalError as exc:
             if not is_disk_full(exc):
                 raise
@@ -197,8 +199,12 @@ class Daemon:
             except OSError as exc:
                 log.warning("cannot write %s/status.json: %s", self.config.runtime_dir, exc)
 
-    def _buffer_work(self, batch: list[Snapshot], now: float) -> None:
-        self._commit(batch)
+    def _buffer_work(self, now: float) -> None:
+        # One transaction (one fsync) per commit interval: the readings of a poll cycle together,
+        # not one SD-card write per device.
+        if self._uncommitted and now - self._last_commit >= self.config.buffer.commit_interval_s:
+            self._last_commit = now
+            self._commit()
         if self._pending_since is not None and (
             now - self._pending_since >= self.config.buffer.seal_interval_s
             or self.buffer.pending_records >= self.config.buffer.envelope_max_records
@@ -224,7 +230,8 @@ class Daemon:
             except queue.Empty:
                 return batch
 
-    def _commit(self, batch: list[Snapshot]) -> None:
+    def _commit(self) -> None:
+        batch, self._uncommitted = self._uncommitted, []
         if not batch:
             return
         if self.buffer.commit(READINGS, [canonical(s.record()) for s in batch]):
@@ -262,7 +269,8 @@ class Daemon:
             poller.stop()
         for poller in self.pollers:
             poller.join(timeout=poller.bus.timeout_s * 4 + 1)
-        self._commit(self._collect(0))
+        self._uncommitted.extend(self._collect(0))
+        self._commit()
         if self.buffer.pending_records:
             self._seal()
         if self.uplink:
