@@ -50,7 +50,8 @@ def write_config(
     )
     text = (
         f'[gateway]\nid = "gw-test"\nsite = "lab"\ndata_dir = "data"\nruntime_dir = "run"\n\n'
-        f"[buffer]\ncommit_interval_s = 0.2\nseal_interval_s = {seal_interval_s}\nenvelope_max_records = 50\n{buffer_extra}\n\n"
+        f"[buffer]\ncommit_interval_s = 0.2\nseal_interval_s = {seal_interval_s}\n"
+        f"envelope_max_records = 50\n{buffer_extra}\n\n"
         f"{mqtt}\n{bus}\n{devices}"
     )
     path = folder / "gateway.toml"
