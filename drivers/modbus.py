@@ -15,9 +15,11 @@ import socket
 import time
 from collections.abc import Callable
 
+import serial
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
+from serial.rs485 import RS485Settings
 
 from drivers.codec import decode
 from drivers.plan import ReadRequest, plan_reads
@@ -103,6 +105,9 @@ class ModbusBus:
         self._bytes_in = 0  # bytes received during the current transaction
         self._tcp_timeouts = 0
         self._plans: dict[str, list[ReadRequest]] = {}
+        self._timeout_s = bus.timeout_s
+        self._silence_s = bus.silent_interval_s if isinstance(bus, SerialBus) else 0.0
+        self._line_free_at = 0.0  # monotonic time the serial line has been silent long enough
         self._client: ModbusSerialClient | _TcpClient
         if isinstance(bus, SerialBus):
             self.where = f"serial port {bus.port}"
@@ -121,8 +126,11 @@ class ModbusBus:
             self._client = _TcpClient(bus.host, bus.port, bus.timeout_s, trace_packet=self._trace)
         quiet_pymodbus()
 
-    def read(self, device: Device) -> Snapshot:
-        """Poll every register `device` is configured for; never raises for bus or meter trouble."""
+    def read(self, device: Device, timeout_s: float | None = None) -> Snapshot:
+        """Poll every register `device` is configured for, waiting at most `timeout_s` (default:
+        the bus's) for each answer; never raises for bus or meter trouble."""
+        self._timeout_s = self.bus.timeout_s if timeout_s is None else timeout_s
+        self._client.comm_params.timeout_connect = self._timeout_s
         requests = self._plans.get(device.id)
         if requests is None:
             requests = self._plans[device.id] = plan_reads(device.profile.select(device.quantities))
@@ -146,6 +154,8 @@ class ModbusBus:
             return
         if self._client.connect():
             self._tcp_timeouts = 0
+            if isinstance(self.bus, SerialBus) and self.bus.rs485:
+                self._enable_rs485(self.bus)
             return
         if isinstance(self._client, _TcpClient):
             raise _Failure(
@@ -153,6 +163,25 @@ class ModbusBus:
             )
         assert isinstance(self.bus, SerialBus)
         raise _Failure(NO_CONNECTION, _serial_open_error(self.bus.port))
+
+    def _enable_rs485(self, bus: SerialBus) -> None:
+        """Let the kernel drive RTS for the transceiver's direction (Raspberry Pi RS-485 HATs)."""
+        port = self._client.socket
+        assert isinstance(port, serial.Serial)
+        try:
+            port.rs485_mode = RS485Settings(
+                rts_level_for_tx=True,
+                rts_level_for_rx=False,
+                delay_before_tx=bus.rs485_delay_before_tx_s or None,
+                delay_before_rx=bus.rs485_delay_before_rx_s or None,
+            )
+        except (OSError, ValueError) as exc:
+            self._client.close()
+            raise _Failure(
+                NO_CONNECTION,
+                f"{self.where} does not support the kernel's RS-485 mode ({exc}); "
+                "set rs485 = false for USB adapters that switch direction themselves",
+            ) from None
 
     def _serial_port_replaced(self) -> bool:
         """True when the device path is gone or now names another device (adapter re-plugged,
@@ -180,6 +209,16 @@ class ModbusBus:
         return data
 
     def _transact(self, unit: int, request: ReadRequest) -> list[int]:
+        if self._silence_s:
+            wait = self._line_free_at - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        try:
+            return self._request(unit, request)
+        finally:
+            self._line_free_at = time.monotonic() + self._silence_s
+
+    def _request(self, unit: int, request: ReadRequest) -> list[int]:
         what = f"FC{request.function:02d} 0x{request.address:04X}+{request.count}"
         call = (
             self._client.read_holding_registers
@@ -204,7 +243,7 @@ class ModbusBus:
             self._after_timeout()
             raise _Failure(
                 TIMEOUT,
-                f"no response from unit {unit} within {self.bus.timeout_s:g} s reading {what}",
+                f"no response from unit {unit} within {self._timeout_s:g} s reading {what}",
             ) from None
         except ModbusException as exc:
             raise _Failure(INVALID_RESPONSE, f"{exc} reading {what}") from None

@@ -64,8 +64,17 @@ class BufferConfig:
     prune_interval_s: float = 60.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class BusScheduling:
+    """How a bus treats a device that keeps failing: after `backoff_after` failed polls in a row
+    it is polled at doubling intervals, at most `backoff_max_s` apart, until it answers again."""
+
+    backoff_after: int = 3
+    backoff_max_s: float = 300.0
+
+
 @dataclass(frozen=True)
-class SerialBus:
+class SerialBus(BusScheduling):
     id: str
     port: str
     baudrate: int = 9600
@@ -73,10 +82,22 @@ class SerialBus:
     bytesize: int = 8
     stopbits: int = 1
     timeout_s: float = 0.5
+    rs485: bool = False  # kernel RS-485 mode: the UART drives RTS for the transceiver direction
+    rs485_delay_before_tx_s: float = 0.0
+    rs485_delay_before_rx_s: float = 0.0
+
+    @property
+    def character_bits(self) -> int:
+        return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+
+    @property
+    def silent_interval_s(self) -> float:
+        """Modbus t3.5: 3.5 character times, fixed at 1.75 ms above 19200 baud (FACTS.md 6)."""
+        return 3.5 * self.character_bits / self.baudrate if self.baudrate <= 19200 else 0.00175
 
 
 @dataclass(frozen=True)
-class TcpBus:
+class TcpBus(BusScheduling):
     id: str
     host: str
     port: int = 502
@@ -276,6 +297,8 @@ def _buffer(table: _Table) -> BufferConfig:
 def _bus(table: _Table) -> Bus:
     bus_id = table.identifier("id")
     kind = table.choice("type", ("rtu", "tcp"))
+    backoff_after = table.integer("backoff_after", 3, 1, 1000)
+    backoff_max_s = table.number("backoff_max_s", 300.0, 1, 86400)
     bus: Bus
     if kind == "rtu":
         bus = SerialBus(
@@ -288,6 +311,11 @@ def _bus(table: _Table) -> Bus:
             bytesize=table.choice("bytesize", (7, 8), 8),
             stopbits=table.choice("stopbits", (1, 2), 1),
             timeout_s=table.number("timeout_s", 0.5, 0.02, 30),
+            rs485=table.get("rs485", bool, False),
+            rs485_delay_before_tx_s=table.number("rs485_delay_before_tx_s", 0.0, 0, 1),
+            rs485_delay_before_rx_s=table.number("rs485_delay_before_rx_s", 0.0, 0, 1),
+            backoff_after=backoff_after,
+            backoff_max_s=backoff_max_s,
         )
     else:
         bus = TcpBus(
@@ -295,6 +323,8 @@ def _bus(table: _Table) -> Bus:
             host=table.get("host", str),
             port=table.integer("port", 502, 1, 65535),
             timeout_s=table.number("timeout_s", 1.0, 0.02, 30),
+            backoff_after=backoff_after,
+            backoff_max_s=backoff_max_s,
         )
     table.done()
     return bus

@@ -146,6 +146,7 @@ class Daemon:
                 "rejected": state.rejected,
             },
             "devices": self.device_health(),
+            "buses": {p.bus.id: p.bus_health.as_dict() for p in self.pollers},
         }
         directory = self.config.runtime_dir
         directory.mkdir(parents=True, exist_ok=True)

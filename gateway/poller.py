@@ -1,4 +1,15 @@
-"""One thread per bus: polls its devices on their own cadence, one transaction at a time."""
+"""One thread per bus: polls its devices on their own cadence, one transaction at a time.
+
+The schedule keeps each device's cadence without drift (the next poll is due one interval after the
+last was due, not after it ended). A bus that cannot keep up is reported, not hidden: its `demand`
+(the share of bus time its devices' polls need at their intervals) goes above 1 and late polls are counted.
+
+A dead meter must not stall the bus. Each device's timeout adapts to its measured latency, so a
+meter that answers in 30 ms is given up on long before the bus timeout; and after `backoff_after`
+failed polls in a row the device is polled at doubling intervals up to `backoff_max_s`. A dead
+device therefore costs the bus at most one bus timeout per backoff period once backed off
+(docs/FIELD.md has the figures).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +26,11 @@ from gateway.config import Bus, Device
 
 log = logging.getLogger("cgw.poller")
 
+# Adaptive timeout: the mean latency plus this many deviations, never below the floor.
+TIMEOUT_DEVIATIONS = 4.0
+TIMEOUT_FLOOR_S = 0.05
+LATENCY_WEIGHT = 0.2  # of the newest sample in the moving averages
+
 
 @dataclass
 class DeviceHealth:
@@ -25,7 +41,48 @@ class DeviceHealth:
     last_error: str | None = None
     last_ok_ms: int | None = None
     last_latency_ms: float | None = None
+    timeout_ms: float | None = None
+    backed_off_s: float = 0.0  # > 0 while the device is polled less often because it fails
     late_polls: int = 0  # polls that started more than one interval late: the bus cannot keep up
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Schedule:
+    device: Device
+    due: float
+    latency_s: float | None = None  # moving average of successful polls
+    deviation_s: float = 0.0
+    duration_s: float | None = None  # moving average of every poll's bus time
+    period_s: float = 1.0  # the interval, or the backoff while backed off
+
+    def took(self, seconds: float) -> None:
+        if self.duration_s is None:
+            self.duration_s = seconds
+        else:
+            self.duration_s += LATENCY_WEIGHT * (seconds - self.duration_s)
+
+    def timeout(self, bus_timeout_s: float) -> float:
+        if self.latency_s is None:
+            return bus_timeout_s
+        adaptive = self.latency_s + TIMEOUT_DEVIATIONS * self.deviation_s + TIMEOUT_FLOOR_S
+        return min(bus_timeout_s, max(adaptive, 2 * self.latency_s))
+
+    def learn(self, latency_s: float) -> None:
+        if self.latency_s is None:
+            self.latency_s = latency_s
+            return
+        error = latency_s - self.latency_s
+        self.latency_s += LATENCY_WEIGHT * error
+        self.deviation_s += LATENCY_WEIGHT * (abs(error) - self.deviation_s)
+
+
+@dataclass
+class BusHealth:
+    demand: float = 0.0  # share of the bus time the polls need; above 1 it cannot keep up
+    keeps_up: bool = True
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -45,6 +102,7 @@ class BusPoller:
         self.devices = devices
         self.sink = sink
         self.health = {d.id: DeviceHealth() for d in devices}
+        self.bus_health = BusHealth()
         self.heartbeat = time.monotonic()  # last time the loop made progress (for the watchdog)
         self._reader = reader(bus)
         self._stop = threading.Event()
@@ -63,30 +121,79 @@ class BusPoller:
             self._reader.close()
 
     def _run(self) -> None:
-        due = {d.id: time.monotonic() for d in self.devices}
+        start = time.monotonic()
+        schedules = [_Schedule(d, start) for d in self.devices]
         while not self._stop.is_set():
-            device = min(self.devices, key=lambda d: due[d.id])
-            wait = due[device.id] - time.monotonic()
+            schedule = min(schedules, key=lambda s: s.due)
+            wait = schedule.due - time.monotonic()
             if wait > 0:
                 self.heartbeat = time.monotonic()
                 if self._stop.wait(wait):
                     break
-            started = time.monotonic()
-            snapshot = self._reader.read(device)
-            self._record(device, snapshot, (time.monotonic() - started) * 1000)
-            self.sink.put(snapshot)
-            self.heartbeat = time.monotonic()
-            due[device.id] += device.interval_s
-            if due[device.id] < self.heartbeat:
-                # Fell a whole interval behind: skip the missed slots rather than burst to catch up.
-                self.health[device.id].late_polls += 1
-                due[device.id] = self.heartbeat
+            self._poll(schedule)
+            self._account(schedules)
 
-    def _record(self, device: Device, snapshot: Snapshot, latency_ms: float) -> None:
+    def _poll(self, schedule: _Schedule) -> None:
+        device = schedule.device
         health = self.health[device.id]
+        timeout = schedule.timeout(self.bus.timeout_s)
+        started = time.monotonic()
+        snapshot = self._reader.read(device, timeout)
+        ended = time.monotonic()
+        self.sink.put(snapshot)
+        self.heartbeat = ended
+        answered = snapshot.quality in (OK, OUT_OF_RANGE)
+        if answered:
+            schedule.learn(ended - started)
+        schedule.took(ended - started)
+        self._record(device, health, snapshot, (ended - started) * 1000, timeout * 1000)
+
+        interval = device.interval_s
+        if health.consecutive_failures >= self.bus.backoff_after:
+            doublings = health.consecutive_failures - self.bus.backoff_after + 1
+            backoff = min(interval * 2**doublings, max(self.bus.backoff_max_s, interval))
+            health.backed_off_s = schedule.period_s = backoff
+            schedule.due = ended + backoff
+            return
+        health.backed_off_s = 0.0
+        schedule.period_s = interval
+        schedule.due += interval
+        if schedule.due < ended:
+            # Fell a whole interval behind: skip the missed slots rather than burst to catch up.
+            health.late_polls += 1
+            schedule.due = ended
+
+    def _account(self, schedules: list[_Schedule]) -> None:
+        """The bus's demand: the share of bus time its devices' polls need at their intervals."""
+        demand = sum(s.duration_s / s.period_s for s in schedules if s.duration_s is not None)
+        self.bus_health.demand = round(demand, 3)
+        if any(s.duration_s is None for s in schedules):
+            return  # not every device has been polled yet
+        keeps_up = demand < 1.0
+        if keeps_up != self.bus_health.keeps_up:
+            if keeps_up:
+                log.info("bus %s keeps up with its poll intervals again", self.bus.id)
+            else:
+                log.warning(
+                    "bus %s cannot keep up: its devices need %.0f%% of the bus time; "
+                    "lengthen poll intervals, read fewer quantities or split the bus",
+                    self.bus.id,
+                    demand * 100,
+                )
+            self.bus_health.keeps_up = keeps_up
+
+    def _record(
+        self,
+        device: Device,
+        health: DeviceHealth,
+        snapshot: Snapshot,
+        latency_ms: float,
+        timeout_ms: float,
+    ) -> None:
         health.polls += 1
         health.last_quality = snapshot.quality
         health.last_latency_ms = round(latency_ms, 1)
+        health.timeout_ms = round(timeout_ms, 1)
         if snapshot.quality in (OK, OUT_OF_RANGE):
             if health.consecutive_failures:
                 log.info(
@@ -108,4 +215,10 @@ class BusPoller:
                 self.bus.id,
                 snapshot.quality,
                 snapshot.error,
+            )
+        elif health.consecutive_failures == self.bus.backoff_after:
+            log.warning(
+                "device %s keeps failing: polling it less often (at most every %g s) until it answers",
+                device.id,
+                self.bus.backoff_max_s,
             )

@@ -132,6 +132,9 @@ def render(status: dict[str, Any]) -> str:
         )
         if uplink.get("last_error"):
             lines.append(f"  last error: {uplink['last_error']}")
+    for bus_id, bus in sorted(daemon.get("buses", {}).items()):
+        verdict = "keeps up" if bus["keeps_up"] else "CANNOT KEEP UP with its poll intervals"
+        lines.append(f"bus {bus_id}: busy {bus['demand']:.0%} of the time, {verdict}")
     for device_id, health in sorted(daemon.get("devices", {}).items()):
         answer = (
             "ok"
@@ -141,6 +144,8 @@ def render(status: dict[str, Any]) -> str:
         line = f"  {device_id:<20} {answer:<16} polls {health['polls']:<7} failures {health['failures']:<5}"
         if health.get("last_latency_ms") is not None:
             line += f" latency {health['last_latency_ms']} ms"
+        if health.get("backed_off_s"):
+            line += f" backed off to every {health['backed_off_s']:g} s"
         if health.get("last_error"):
             line += f"  ({health['last_error']})"
         lines.append(line)

@@ -104,6 +104,12 @@ class Uplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        # Only the network thread writes to the socket. paho, run by our own thread's loop() rather
+        # than loop_start(), otherwise writes from the thread that calls publish() too; two writers
+        # interleave packets, the broker drops the connection as malformed and may already have
+        # forwarded a corrupted envelope. With a write hook set, publish() only queues and wakes
+        # the network thread.
+        client.on_socket_register_write = _network_thread_writes
         client.connect_async(self.mqtt.host, self.mqtt.port, self.mqtt.keepalive_s)
         return client
 
@@ -301,3 +307,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the broker running?)"
     return str(exc) or type(exc).__name__
+
+
+def _network_thread_writes(client: mqtt.Client, userdata: object, sock: object) -> None:
+    """paho's write hook: nothing to do, the network thread's loop() selects for writing itself."""
