@@ -39,8 +39,12 @@ def _shortest_f32(value: float) -> float:
 
 
 def decode(register: Register, words: Sequence[int]) -> float | None:
-    """The engineering value of `words`, or None when the meter marks it invalid (NaN, infinity)."""
-    raw: float = struct.unpack(">" + _FORMATS[register.type], register_bytes(register, words))[0]
+    """The engineering value of `words`, or None when the meter marks it invalid: NaN, infinity,
+    or one of the register's `invalid` raw values."""
+    arranged = register_bytes(register, words)
+    if register.invalid and int.from_bytes(arranged, "big") in register.invalid:
+        return None
+    raw: float = struct.unpack(">" + _FORMATS[register.type], arranged)[0]
     if register.type in ("f32", "f64"):
         if not math.isfinite(raw):
             return None

@@ -22,7 +22,7 @@ from pymodbus.pdu import ModbusPDU
 from serial.rs485 import RS485Settings
 
 from drivers.codec import decode
-from drivers.plan import ReadRequest, plan_reads
+from drivers.plan import ReadRequest, plan_profile
 from drivers.snapshot import (
     EXCEPTION,
     FLAG_INVALID,
@@ -133,7 +133,7 @@ class ModbusBus:
         self._client.comm_params.timeout_connect = self._timeout_s
         requests = self._plans.get(device.id)
         if requests is None:
-            requests = self._plans[device.id] = plan_reads(device.profile.select(device.quantities))
+            requests = self._plans[device.id] = plan_profile(device.profile, device.quantities)
         answers: list[tuple[ReadRequest, list[int]]] = []
         try:
             self._connect()

@@ -220,3 +220,30 @@ def test_float32_decodes_to_the_same_float32(
     decoded = decode(register, encode(value, "f32", word_order=word_order, byte_order=byte_order))
     assert decoded is not None
     assert struct.pack(">f", decoded) == struct.pack(">f", value)
+
+
+@pytest.mark.parametrize(
+    ("rtype", "word_order", "marker", "words"),
+    [
+        ("u16", "big", 0xFFFF, [0xFFFF]),
+        ("s16", "big", 0x8000, [0x8000]),
+        ("s32", "little", 0x7FFFFFFF, [0xFFFF, 0x7FFF]),
+        ("u64", "big", 0xFFFFFFFFFFFFFFFF, [0xFFFF] * 4),
+        ("s64", "big", 0x8000000000000000, [0x8000, 0, 0, 0]),
+        ("f32", "big", 0xFFFFFFFF, [0xFFFF, 0xFFFF]),
+    ],
+)
+def test_invalid_markers_decode_to_none(
+    rtype: str, word_order: str, marker: int, words: list[int]
+) -> None:
+    register = Register("q", 3, 0, rtype, word_order=word_order, invalid=(marker,))
+    assert decode(register, words) is None
+    unmarked = Register("q", 3, 0, rtype, word_order=word_order)
+    assert unmarked == Register("q", 3, 0, rtype, word_order=word_order, invalid=())
+    if rtype != "f32":  # 0xFFFFFFFF is a NaN anyway
+        assert decode(unmarked, words) is not None
+
+
+def test_a_value_next_to_the_marker_still_decodes() -> None:
+    register = Register("q", 3, 0, "u16", scale=0.1, invalid=(0xFFFF,))
+    assert decode(register, [0xFFFE]) == 6553.4

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.plan import MAX_REGISTERS, plan_reads
+from drivers.plan import MAX_REGISTERS, plan_profile, plan_reads
 from drivers.profile import REGISTER_WORDS, Register, load_shipped_profile
 
 
@@ -91,3 +91,36 @@ def test_every_register_is_read_exactly_once_within_limits(
             end = max(end, register.address + register.words)
             covering[register] += 1
     assert all(times == 1 for times in covering.values())
+
+
+def test_barrier_splits_a_block_that_would_span_it() -> None:
+    registers = (f32(0), f32(2), f32(4))
+    assert shape(plan_reads(registers, barriers=(4,))) == [(4, 0, 4), (4, 4, 2)]
+    # A barrier at a block's first address does not split it.
+    assert shape(plan_reads(registers, barriers=(0,))) == [(4, 0, 6)]
+
+
+def test_profile_rules_drive_the_plan() -> None:
+    em24 = load_shipped_profile("carlo_gavazzi_em24")
+    assert em24.reads.max_registers == 11
+    assert all(r.count <= 11 for r in plan_profile(em24))
+    assert len(plan_profile(em24)) > len(plan_reads(em24.registers))
+
+
+@given(register_sets(), st.integers(0, 20), st.integers(2, 125), st.lists(st.integers(1, 0xFFFF)))
+def test_barriers_and_block_limits_are_honoured(
+    registers: tuple[Register, ...], max_hole: int, max_count: int, barriers: list[int]
+) -> None:
+    # Registers that straddle a barrier cannot be read at all; profiles reject them at load time.
+    fenced = tuple(
+        r
+        for r in registers
+        if r.words <= max_count and not any(r.address < b < r.address + r.words for b in barriers)
+    )
+    requests = plan_reads(fenced, max_hole, max_count, tuple(barriers))
+    planned = [r for q in requests for r in q.registers]
+    assert len(planned) == len(fenced) and set(planned) == set(fenced)
+    for request in requests:
+        assert 1 <= request.count <= max_count
+        end = request.address + request.count
+        assert not any(request.address < b < end for b in barriers)

@@ -26,6 +26,12 @@ def test_names_carry_their_unit_suffix() -> None:
         "V": "_v",
         "A": "_a",
         "Hz": "_hz",
+        "m3": "_m3",
+        "Nm3": "_nm3",
+        "m3/h": "_m3h",
+        "Nm3/h": "_nm3h",
+        "°C": "_c",
+        "kPa": "_kpa",
     }
     for name, q in vocabulary().items():
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name)

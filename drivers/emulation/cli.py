@@ -10,6 +10,9 @@ import threading
 from dataclasses import dataclass
 from types import FrameType
 
+from drivers.dlt645.emulation import FAULTS as DLT645_FAULTS
+from drivers.dlt645.emulation import EmulatedDlt645Meter
+from drivers.dlt645.frame import normalise_address
 from drivers.emulation.meter import FAULTS, EmulatedMeter
 from drivers.emulation.server import EmulatorServer
 from drivers.profile import load_shipped_profile, shipped_profiles
@@ -31,8 +34,15 @@ class MeterSpec:
 
 
 @dataclass(frozen=True)
+class Dlt645Spec:
+    address: str
+    fault: str | None
+
+
+@dataclass(frozen=True)
 class Options:
     meters: tuple[MeterSpec, ...]
+    dlt645: tuple[Dlt645Spec, ...]
     serial: str | None
     baudrate: int
     parity: str
@@ -44,7 +54,9 @@ class Options:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Values are checked in run(), so that every mistake is one clear line (argparse adds usage).
-    parser.add_argument("--serial", metavar="PATH", help="serve Modbus RTU on this serial device")
+    parser.add_argument(
+        "--serial", metavar="PATH", help="serve Modbus RTU (and DL/T 645) on this serial device"
+    )
     parser.add_argument("--baudrate", default="9600", help="baud rate for --serial (default 9600)")
     parser.add_argument("--parity", default="N", help="N, E or O for --serial (default N)")
     parser.add_argument("--stopbits", default="1", help="1 or 2 for --serial (default 1)")
@@ -60,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="UNIT:PROFILE[:FAULT]",
         help="a meter to emulate (repeatable; default: "
         f"{' and '.join(DEFAULT_METERS)}); FAULT is one of {', '.join(FAULTS)}",
+    )
+    parser.add_argument(
+        "--dlt645",
+        action="append",
+        metavar="ADDRESS[:FAULT]",
+        help="a DL/T 645-2007 meter with this 12-digit address on the same serial line or pty "
+        f"(repeatable); FAULT is one of {', '.join(DLT645_FAULTS)}",
     )
     parser.add_argument("--seed", default="0", help="seed of the emulated loads (default 0)")
 
@@ -89,6 +108,21 @@ def _meter(text: str) -> MeterSpec:
     return MeterSpec(unit, parts[1], fault)
 
 
+def _dlt645(text: str) -> Dlt645Spec:
+    address, _, fault = text.partition(":")
+    try:
+        address = normalise_address(address)
+    except ValueError:
+        raise UsageError(f"--dlt645 {text!r}: the address must be 12 decimal digits") from None
+    if "A" in address:
+        raise UsageError(f"--dlt645 {text!r}: the address must be 12 decimal digits")
+    if fault and fault not in DLT645_FAULTS:
+        raise UsageError(
+            f"--dlt645 {text!r}: no fault {fault!r} (one of {', '.join(DLT645_FAULTS)})"
+        )
+    return Dlt645Spec(address, fault or None)
+
+
 def _tcp(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host:
@@ -97,7 +131,13 @@ def _tcp(text: str) -> tuple[str, int]:
 
 
 def parse_options(args: argparse.Namespace) -> Options:
-    meters = tuple(_meter(text) for text in (args.meter or DEFAULT_METERS))
+    dlt645 = tuple(_dlt645(text) for text in (args.dlt645 or ()))
+    addresses = [d.address for d in dlt645]
+    twice = next((a for a in addresses if addresses.count(a) > 1), None)
+    if twice is not None:
+        raise UsageError(f"--dlt645: address {twice} given twice")
+    # Default Modbus meters only when nothing at all was asked for.
+    meters = tuple(_meter(text) for text in (args.meter or ([] if dlt645 else DEFAULT_METERS)))
     units = [m.unit for m in meters]
     duplicate = next((u for u in units if units.count(u) > 1), None)
     if duplicate is not None:
@@ -114,6 +154,7 @@ def parse_options(args: argparse.Namespace) -> Options:
         raise UsageError(f"--parity {args.parity!r}: N, E or O")
     return Options(
         meters=meters,
+        dlt645=dlt645,
         serial=args.serial,
         baudrate=baudrate,
         parity=parity,
@@ -163,7 +204,10 @@ def run(args: argparse.Namespace) -> int:
         EmulatedMeter(m.unit, load_shipped_profile(m.profile), seed=options.seed, fault=m.fault)
         for m in options.meters
     ]
-    server = EmulatorServer(meters)
+    dlt645_meters = [
+        EmulatedDlt645Meter(d.address, seed=options.seed, fault=d.fault) for d in options.dlt645
+    ]
+    server = EmulatorServer(meters, dlt645_meters)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -180,6 +224,11 @@ def run(args: argparse.Namespace) -> int:
             for m in options.meters:
                 fault = f" with fault {m.fault}" if m.fault else ""
                 print(f"serving unit {m.unit} {m.profile}{fault} on {place}")
+            if "Modbus TCP" in place:
+                continue  # DL/T 645 meters are served on serial lines only
+            for d in options.dlt645:
+                fault = f" with fault {d.fault}" if d.fault else ""
+                print(f"serving DL/T 645 meter {d.address}{fault} on {place}")
         print("press Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
             if server.failures:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 TWO_PI = 2 * math.pi
 PHASES = (1, 2, 3)
+PULSE_CHANNELS = tuple(range(1, 9))
 # Integration step for the energy counters: fine enough that the trapezoid rule is exact to ~1e-6
 # for a load that changes over minutes, bounded so that a clock jumping by days stays cheap.
 _STEP_S = 1.0
@@ -72,7 +73,42 @@ class LoadModel:
             "reactive_energy_import_kvarh": rng.uniform(100.0, 5000.0),
             "reactive_energy_export_kvarh": 0.0,
         }
+        # Drawn after everything above so that the electrical values stay what they were.
+        self._water_m3h = rng.uniform(2.0, 20.0)
+        self._water_wave = _Wave(rng, 0.2 * self._water_m3h, 60.0, 300.0)
+        self._gas_m3h = rng.uniform(5.0, 50.0)
+        self._gas_wave = _Wave(rng, 0.3 * self._gas_m3h, 120.0, 600.0)
+        self._gas_celsius = rng.uniform(10.0, 25.0)
+        self._gas_kpa = rng.uniform(102.0, 110.0)  # absolute, low-pressure distribution
+        self._pulse_hz = [rng.uniform(0.05, 2.0) for _ in PULSE_CHANNELS]
+        self._counters = {
+            "water_volume_m3": rng.uniform(100.0, 90000.0),
+            "gas_volume_m3": rng.uniform(100.0, 90000.0),
+            **{f"pulse_count_ch{ch}": float(rng.randrange(0, 10**6)) for ch in PULSE_CHANNELS},
+        }
+        self._counters["gas_volume_nm3"] = self._counters["gas_volume_m3"] * self._gas_correction()
         self._last_t = clock()
+
+    def _gas_correction(self) -> float:
+        """Line volume to base volume (0 °C, 101.325 kPa): ideal gas, compressibility 1."""
+        return (self._gas_kpa / 101.325) * (273.15 / (273.15 + self._gas_celsius))
+
+    def flow_rates(self, t: float) -> dict[str, float]:
+        """What the water, gas and pulse counters grow by per second at t."""
+        water = max(self._water_m3h + self._water_wave(t), 0.0)
+        gas = max(self._gas_m3h + self._gas_wave(t), 0.0)
+        rates = {
+            "water_volume_m3": water / 3600.0,
+            "gas_volume_m3": gas / 3600.0,
+            "gas_volume_nm3": gas * self._gas_correction() / 3600.0,
+        }
+        rates.update(
+            {
+                f"pulse_count_ch{ch}": hz
+                for ch, hz in zip(PULSE_CHANNELS, self._pulse_hz, strict=True)
+            }
+        )
+        return rates
 
     def true_power_w(self, t: float) -> float:
         """The load's real consumption (before any reversed CT); never below 10 % of base."""
@@ -103,8 +139,13 @@ class LoadModel:
         h = (end - start) / steps
         imp = exp = rimp = rexp = 0.0
         before = self._rates(start)
+        flows_before = self.flow_rates(start)
         for i in range(1, steps + 1):
             after = self._rates(start + i * h)
+            flows_after = self.flow_rates(start + i * h)
+            for name, rate in flows_after.items():
+                self._counters[name] += (flows_before[name] + rate) * h / 2
+            flows_before = flows_after
             # Trapezoid of the positive and negative parts separately: import and export counters
             # each only grow, like a meter's.
             imp += (max(before[0], 0.0) + max(after[0], 0.0)) * h / 2
@@ -127,6 +168,7 @@ class LoadModel:
             # A clock that steps back (NTP) just restarts integration from the new time.
             self._last_t = t
             energy = dict(self._energy)
+            counters = dict(self._counters)
         powers = self.phase_powers_w(t)
         pf = self.power_factor_magnitude(t)
         values: dict[str, float] = {}
@@ -146,4 +188,26 @@ class LoadModel:
         values["power_factor"] = total / apparent
         values["frequency_hz"] = 50.0 + self._freq(t)
         values.update(energy)
+        self._add_phase_details(values, t)
+        flows = self.flow_rates(t)
+        values["water_flow_m3h"] = flows["water_volume_m3"] * 3600.0
+        values["gas_flow_m3h"] = flows["gas_volume_m3"] * 3600.0
+        values["gas_flow_nm3h"] = flows["gas_volume_nm3"] * 3600.0
+        values["gas_temperature_c"] = self._gas_celsius
+        values["gas_pressure_kpa"] = self._gas_kpa
+        values.update(counters)
         return values
+
+    def _add_phase_details(self, values: dict[str, float], t: float) -> None:
+        """Per-phase apparent/reactive power and power factor, and line-to-line voltages."""
+        tan_phi = math.tan(math.acos(self.power_factor_magnitude(t)))
+        for phase in PHASES:
+            power = values[f"active_power_l{phase}_w"]
+            apparent = values[f"voltage_l{phase}_v"] * values[f"current_l{phase}_a"]
+            values[f"apparent_power_l{phase}_va"] = apparent
+            values[f"reactive_power_l{phase}_var"] = power * tan_phi
+            values[f"power_factor_l{phase}"] = power / apparent
+        for a, b in ((1, 2), (2, 3), (3, 1)):
+            # Phasors 120 degrees apart: |Ua - Ub| = sqrt(Ua^2 + Ub^2 + Ua*Ub).
+            ua, ub = values[f"voltage_l{a}_v"], values[f"voltage_l{b}_v"]
+            values[f"voltage_l{a}_l{b}_v"] = math.sqrt(ua * ua + ub * ub + ua * ub)

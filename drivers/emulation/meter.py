@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from drivers.emulation.encode import encode, raw_limits, raw_value
 from drivers.emulation.load import LoadModel
-from drivers.profile import Profile, Register
+from drivers.profile import ASCII, Identify, Profile, Register
 
 FAULTS = ("silent", "exception", "garbage", "slow", "out_of_range", "nan")
 MAX_READ = 125  # FC03/FC04 register limit
@@ -53,7 +53,9 @@ class EmulatedMeter:
 
     Without `load`, the model is seeded with `seed + unit`, so meters sharing a seed still differ.
     `fault` may be changed at any time (from another thread) to one of FAULTS or None; "slow"
-    answers after `slow_delay_s`.
+    answers after `slow_delay_s`. Like the real meter, it serves the profile's identification
+    register (its first expected value) and refuses reads the profile's read rules forbid: longer
+    than `reads.max_registers`, or spanning a barrier.
     """
 
     def __init__(
@@ -76,13 +78,17 @@ class EmulatedMeter:
         self.fault = fault
         self.requests = 0  # requests addressed to this meter, answered or not
         self._lock = threading.Lock()
+        self._identity: dict[tuple[int, int], int] = {}
+        if profile.identify is not None:
+            ident = profile.identify
+            for i, word in enumerate(identify_words(ident, ident.values[0])):
+                self._identity[(ident.function, ident.address + i)] = word
         self._spans: dict[int, tuple[int, int]] = {}
-        for function in {r.function for r in profile.registers}:
-            mine = [r for r in profile.registers if r.function == function]
-            self._spans[function] = (
-                min(r.address for r in mine),
-                max(r.address + r.words for r in mine),
-            )
+        places = [(r.function, r.address, r.address + r.words) for r in profile.registers]
+        places += [(function, address, address + 1) for function, address in self._identity]
+        for function in {f for f, _, _ in places}:
+            mine = [(start, end) for f, start, end in places if f == function]
+            self._spans[function] = (min(s for s, _ in mine), max(e for _, e in mine))
 
     @property
     def fault(self) -> str | None:
@@ -103,11 +109,24 @@ class EmulatedMeter:
             for r in self.profile.registers
             if r.function == function and r.address < end and address < r.address + r.words
         ]
-        if span is None or address < span[0] or end > span[1] or not overlapping:
+        identity = {
+            a: w for (f, a), w in self._identity.items() if f == function and address <= a < end
+        }
+        if (
+            span is None
+            or address < span[0]
+            or end > span[1]
+            or not (overlapping or identity)
+            or any(address < b < end for b in self.profile.reads.barriers)
+        ):
             raise MeterException(ILLEGAL_DATA_ADDRESS)
+        if count > self.profile.reads.max_registers:
+            raise MeterException(ILLEGAL_DATA_VALUE)
         fault = self.fault
         values = self.load.sample()
         words = [0] * count  # holes inside a block read as 0, as most meters do
+        for place, word in identity.items():
+            words[place - address] = word
         for register in overlapping:
             register_words = self._words(register, values.get(register.quantity, 0.0), fault)
             for i, word in enumerate(register_words):
@@ -116,6 +135,8 @@ class EmulatedMeter:
         return words
 
     def _words(self, register: Register, value: float, fault: str | None) -> list[int]:
+        if fault == "nan" and register.invalid:
+            return _marker_words(register, register.invalid[0])
         if fault == "nan" and register.type in ("f32", "f64"):
             value = math.nan
         elif fault == "out_of_range":
@@ -170,3 +191,31 @@ def _encode_saturating(register: Register, value: float) -> list[int]:
         return encode(
             clamped, register.type, word_order=register.word_order, byte_order=register.byte_order
         )
+
+
+def _marker_words(register: Register, marker: int) -> list[int]:
+    """The words holding the raw bit pattern `marker` in the register's word and byte order."""
+    words = [(marker >> (16 * i)) & 0xFFFF for i in reversed(range(register.words))]
+    if register.word_order == "little":
+        words.reverse()
+    if register.byte_order == "little":
+        words = [(w & 0xFF) << 8 | w >> 8 for w in words]
+    return words
+
+
+def identify_words(identify: Identify, value: int | str) -> list[int]:
+    """The words an identification register holds when the meter is the model `value`."""
+    if identify.type == ASCII:
+        text = str(value).encode("latin-1").ljust(2 * identify.words, b"\x00")
+        words = [int.from_bytes(text[i : i + 2], "big") for i in range(0, len(text), 2)]
+        if identify.word_order == "little":
+            words.reverse()
+        if identify.byte_order == "little":
+            words = [(w & 0xFF) << 8 | w >> 8 for w in words]
+        return words
+    return encode(
+        int(value),
+        identify.type,
+        word_order=identify.word_order,
+        byte_order=identify.byte_order,
+    )

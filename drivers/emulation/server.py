@@ -1,4 +1,5 @@
-"""Serve emulated meters over Modbus RTU (a serial device or a pty of our own) and Modbus TCP.
+"""Serve emulated meters over Modbus RTU (a serial device or a pty of our own) and Modbus TCP,
+and emulated DL/T 645-2007 meters on the same serial lines.
 
 An independent Modbus slave: its own CRC, RTU framing and MBAP framing, no pymodbus, so that the
 gateway's driver is tested against bytes it did not produce itself.
@@ -17,17 +18,28 @@ import threading
 import tty
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import serial
 
+from drivers.dlt645.frame import PREAMBLE_BYTE, START, Found, Frame, Incomplete, parse_at
 from drivers.emulation.meter import EmulatedMeter, Reply
+
+if TYPE_CHECKING:  # drivers.dlt645.emulation imports this package's load model
+    from drivers.dlt645.emulation import EmulatedDlt645Meter
 
 log = logging.getLogger("cgw.emulation")
 
 _IDLE_S = 0.2  # how often idle threads look at the stop flag
 _GAP_S = 0.05  # silence that ends a frame on a serial line (generous: USB adapters batch bytes)
 _MAX_RTU = 256  # longest RTU frame
+
+
+class _Wait:
+    """A request may start here but has not fully arrived."""
+
+
+WAIT = _Wait()
 
 
 def crc16(data: bytes | bytearray) -> int:
@@ -62,52 +74,89 @@ def _starts_frame(buf: bytearray) -> bool:
     return buf[0] <= 247 and 1 <= buf[1] <= 127
 
 
-def _complete_frame_later(buf: bytearray) -> int | None:
-    """Offset of the first complete, CRC-valid request of known length after the start of buf."""
-    for start in range(1, len(buf) - 3):
-        candidate = buf[start:]
-        length = _rtu_request_length(bytes(candidate))
-        if (
-            length
-            and len(candidate) >= length
-            and crc16(candidate[: length - 2]) == _crc_at(candidate, length)
-        ):
-            return start
+def _rtu_length_at_front(buf: bytearray, known_only: bool = False) -> int | _Wait | None:
+    """Length of the CRC-valid request at the start of buf, WAIT if one may still be arriving,
+    None if none starts here. `known_only` ignores function codes of unknown frame length."""
+    if len(buf) < 2:
+        return WAIT if not buf or buf[0] <= 247 else None
+    if not _starts_frame(buf):
+        return None
+    if len(buf) < 4:
+        return WAIT
+    length = _rtu_request_length(bytes(buf))
+    if length == 0:
+        if known_only:
+            return None
+        # Unknown function: the frame ends wherever a CRC matches.
+        found = next(
+            (n for n in range(4, len(buf) + 1) if crc16(buf[: n - 2]) == _crc_at(buf, n)), None
+        )
+        if found is not None:
+            return found
+        return WAIT if len(buf) < _MAX_RTU else None
+    if length is None or len(buf) < length:
+        return WAIT
+    return length if crc16(buf[: length - 2]) == _crc_at(buf, length) else None
+
+
+def _dlt645_at_front(buf: bytearray) -> Found | _Wait | None:
+    """The DL/T 645 frame at the start of buf (after FE preambles), WAIT if it is still arriving,
+    None if none starts here."""
+    start = 0
+    while start < len(buf) and buf[start] == PREAMBLE_BYTE:
+        start += 1
+    if start == len(buf):
+        return WAIT if start else None
+    outcome = parse_at(buf, start)
+    if isinstance(outcome, Found):
+        return outcome
+    if isinstance(outcome, Incomplete):
+        return WAIT
+    if buf[start] == START and not outcome.reason.startswith("no second 68"):
+        log.debug("dropping a DL/T 645 frame: %s", outcome.reason)
+    return None
+
+
+def _complete_request_later(buf: bytearray) -> bool:
+    """Whether a complete request (of known length) starts somewhere after buf's first byte."""
+    for start in range(1, len(buf)):
+        rest = buf[start:]
+        if isinstance(_dlt645_at_front(rest), Found):
+            return True
+        if isinstance(_rtu_length_at_front(rest, known_only=True), int):
+            return True
+    return False
+
+
+def split_line(buf: bytearray, final: bool) -> tuple[int, bytes] | Frame | None:
+    """Take the next request off the front of buf: a Modbus RTU request as (unit, pdu) or a
+    DL/T 645 frame, dropping bytes that cannot start either. Without `final` an incomplete
+    request waits for more bytes; with it (the line went quiet) the incomplete start is dropped.
+
+    Both protocols share a line at the same settings: a DL/T 645 frame starts with FE or 68 and
+    has a second 68 seven bytes on; 0xFE is no Modbus unit, and a Modbus request to unit 0x68
+    is told apart by its CRC and by the DL/T 645 header, checksum and end byte."""
+    while buf:
+        dlt = _dlt645_at_front(buf)
+        if isinstance(dlt, Found):
+            del buf[: dlt.end]
+            return dlt.frame
+        rtu = _rtu_length_at_front(buf)
+        if isinstance(rtu, int):
+            frame = bytes(buf[:rtu])
+            del buf[:rtu]
+            return frame[0], frame[1:-2]
+        if WAIT in (dlt, rtu) and not final and not _complete_request_later(buf):
+            return None
+        del buf[0]  # resync: this byte cannot start a request
     return None
 
 
 def split_rtu(buf: bytearray, final: bool) -> tuple[int, bytes] | None:
-    """Take the next valid request (unit, pdu) off the front of buf, dropping bytes that cannot
-    start one. Without `final` an incomplete frame waits for more bytes; with it (the line went
-    quiet) the incomplete start is dropped too."""
-    while len(buf) >= 4:
-        if not _starts_frame(buf):
-            del buf[0]
-            continue
-        length = _rtu_request_length(bytes(buf))
-        if length == 0:
-            # Unknown function: the frame ends wherever a CRC matches.
-            length = next(
-                (n for n in range(4, len(buf) + 1) if crc16(buf[: n - 2]) == _crc_at(buf, n)),
-                None,
-            )
-            if length is None and not final and len(buf) < _MAX_RTU:
-                later = _complete_frame_later(buf)
-                if later is None:
-                    return None  # maybe the rest of an unusual frame is still on its way
-                del buf[:later]
-                continue
-        elif length is None or len(buf) < length:
-            if not final:
-                return None
-            length = None
-        if length is not None and crc16(buf[: length - 2]) == _crc_at(buf, length):
-            frame = bytes(buf[:length])
-            del buf[:length]
-            return frame[0], frame[1:-2]
-        del buf[0]  # resync: this byte cannot start a frame
-    if final:
-        buf.clear()
+    """Like split_line, for a line that carries only Modbus RTU: DL/T 645 frames are dropped."""
+    while (request := split_line(buf, final)) is not None:
+        if isinstance(request, tuple):
+            return request
     return None
 
 
@@ -174,17 +223,28 @@ class _SerialChannel:
 
 
 class EmulatorServer:
-    """Serves `meters` (by unit id) on RTU lines and TCP ports, each endpoint in its own thread.
+    """Serves `meters` (by unit id) on RTU lines and TCP ports, each endpoint in its own thread,
+    and `dlt645_meters` (by address) on the same serial lines, as on a mixed RS-485 bus.
 
-    Requests for units it does not serve, and broadcasts (unit 0), get no answer, as on RS-485.
+    Requests for units or addresses it does not serve, and broadcasts (unit 0, address 99..99),
+    get no answer, as on RS-485. Several DL/T 645 meters answering the wildcard address collide.
     """
 
-    def __init__(self, meters: Iterable[EmulatedMeter]) -> None:
+    def __init__(
+        self,
+        meters: Iterable[EmulatedMeter] = (),
+        dlt645_meters: Iterable[EmulatedDlt645Meter] = (),
+    ) -> None:
         self.meters: dict[int, EmulatedMeter] = {}
         for meter in meters:
             if meter.unit in self.meters:
                 raise ValueError(f"two meters with unit {meter.unit}")
             self.meters[meter.unit] = meter
+        self.dlt645_meters: dict[str, EmulatedDlt645Meter] = {}
+        for dlt_meter in dlt645_meters:
+            if dlt_meter.address in self.dlt645_meters:
+                raise ValueError(f"two DL/T 645 meters with address {dlt_meter.address}")
+            self.dlt645_meters[dlt_meter.address] = dlt_meter
         self.failures: list[str] = []  # endpoints that stopped on an error (e.g. adapter removed)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -202,7 +262,8 @@ class EmulatorServer:
         stopbits: int = 1,
         bytesize: int = 8,
     ) -> None:
-        """Answer RTU on an existing serial device or pty; OSError if it cannot be opened."""
+        """Answer RTU and DL/T 645 on an existing serial device or pty; OSError if it cannot be
+        opened."""
         channel = _SerialChannel(path, baudrate, parity, stopbits, bytesize)
         self._spawn(lambda: self._serve_rtu(channel), f"rtu {path}")
 
@@ -272,13 +333,33 @@ class EmulatorServer:
             return None
         return reply
 
+    def _answer_dlt645(self, request: Frame) -> bytes | None:
+        """The bytes the addressed DL/T 645 meters put on the line; None for silence."""
+        answers = [
+            meter.respond(request)
+            for meter in self.dlt645_meters.values()
+            if meter.addressed_by(request)
+        ]
+        wires = [a.wire for a in answers if a.wire is not None]
+        if not wires:
+            return None
+        delay_s = max(a.delay_s for a in answers)
+        if delay_s and self._stop.wait(delay_s):
+            return None
+        return wires[0] if len(wires) == 1 else _collide(wires)
+
     def _serve_rtu(self, channel: _Channel) -> None:
         buf = bytearray()
         try:
             while not self._stop.is_set():
                 data = channel.read(_GAP_S if buf else _IDLE_S)
                 buf += data
-                while (request := split_rtu(buf, final=not data)) is not None:
+                while (request := split_line(buf, final=not data)) is not None:
+                    if isinstance(request, Frame):
+                        answer = self._answer_dlt645(request)
+                        if answer:
+                            channel.write(answer)
+                        continue
                     unit, pdu = request
                     reply = self._answer(unit, pdu) if unit else None
                     if reply is not None and reply.pdu is not None:
@@ -346,6 +427,17 @@ def _mbap(tid: int, unit: int, pdu: bytes, corrupt: bool) -> bytes:
         # A byte count that promises more data than the frame carries: a malformed response.
         pdu = pdu[:1] + bytes([(pdu[1] + 2) & 0xFF]) + pdu[2:]
     return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+
+
+def _collide(wires: list[bytes]) -> bytes:
+    """What a receiver makes of several meters talking at once: RS-485 drivers fight, and a
+    driven 0 wins over a 1 on each bit, so the result is the bitwise AND (longest frame wins
+    the tail)."""
+    length = max(len(w) for w in wires)
+    padded = [w.ljust(length, b"\xff") for w in wires]
+    return bytes(
+        functools.reduce(lambda a, b: a & b, column) for column in zip(*padded, strict=True)
+    )
 
 
 def _shut(sock: socket.socket) -> None:
