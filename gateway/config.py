@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from drivers.dlt645.frame import normalise_address
+from drivers.dlt645.identifiers import DEFAULT_IDENTIFIERS, Dlt645Device
+from drivers.dlt645.identifiers import identifiers as dlt645_identifiers
 from drivers.profile import Profile, ProfileError, load_shipped_profile, profile_from_mapping
+from drivers.vocabulary import vocabulary
 
 DEFAULT_PATH = Path("/etc/cgw/gateway.toml")
 # Topic-safe identifiers: no MQTT wildcards, no level separators, nothing a shell would mangle.
@@ -109,12 +113,21 @@ Bus = SerialBus | TcpBus
 
 @dataclass(frozen=True)
 class Device:
+    """A Modbus device: a unit on a bus, read through a profile's register map."""
+
     id: str
     bus: str
     unit: int
     profile: Profile
     interval_s: float = 5.0
     quantities: tuple[str, ...] | None = None
+
+    def quantity_units(self) -> dict[str, str]:
+        words = vocabulary()
+        return {r.quantity: words[r.quantity].unit for r in self.profile.select(self.quantities)}
+
+
+AnyDevice = Device | Dlt645Device
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,7 @@ class Config:
     mqtt: MqttConfig
     buffer: BufferConfig
     buses: tuple[Bus, ...]
-    devices: tuple[Device, ...]
+    devices: tuple[AnyDevice, ...]
     profiles: Mapping[str, Profile] = field(default_factory=dict)
 
     @property
@@ -330,12 +343,40 @@ def _bus(table: _Table) -> Bus:
     return bus
 
 
-def _device(table: _Table, buses: Mapping[str, Bus], profiles: Mapping[str, Profile]) -> Device:
+def _dlt645_device(table: _Table, device_id: str, bus_id: str, bus: Bus) -> Dlt645Device:
+    if not isinstance(bus, SerialBus):
+        raise table.error("protocol", 'DL/T 645 meters sit on a serial bus (type = "rtu")')
+    address = table.get("address", str)
+    wanted = table.get("identifiers", list, None)
+    try:
+        normalise_address(address)
+    except ValueError as exc:
+        raise table.error("address", str(exc)) from None
+    known = dlt645_identifiers()
+    for i, di in enumerate(wanted or []):
+        if not isinstance(di, str) or di.upper() not in known:
+            raise table.error(
+                f"identifiers[{i}]", f"no DL/T 645 identifier {di!r} (see docs/FIELD.md)"
+            )
+    device = Dlt645Device(
+        id=device_id,
+        address=address,
+        identifiers=tuple(wanted) if wanted else DEFAULT_IDENTIFIERS,
+        interval_s=table.number("interval_s", 5.0, 0.1, 86400),
+        bus=bus_id,
+    )
+    table.done()
+    return device
+
+
+def _device(table: _Table, buses: Mapping[str, Bus], profiles: Mapping[str, Profile]) -> AnyDevice:
     device_id = table.identifier("id")
     bus_id = table.get("bus", str)
     if bus_id not in buses:
         known = ", ".join(sorted(buses)) or "none defined"
         raise table.error("bus", f"no bus {bus_id!r} (buses: {known})")
+    if table.choice("protocol", ("modbus", "dlt645"), "modbus") == "dlt645":
+        return _dlt645_device(table, device_id, bus_id, buses[bus_id])
     high = 247 if isinstance(buses[bus_id], SerialBus) else 255
     unit = table.integer("unit", _MISSING, 0 if high == 255 else 1, high)
     profile_name = table.get("profile", str)

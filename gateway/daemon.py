@@ -21,10 +21,10 @@ from types import FrameType
 from buffer.canonical import canonical
 from buffer.keys import fingerprint, load_or_create, public_key_text
 from buffer.store import Buffer, is_disk_full
+from drivers.dlt645.identifiers import Dlt645Device
 from drivers.snapshot import Snapshot
-from drivers.vocabulary import vocabulary
 from gateway import __version__
-from gateway.config import Config, Device
+from gateway.config import AnyDevice, Config
 from gateway.poller import BusPoller
 from gateway.uplink import Uplink, now_ms
 
@@ -46,6 +46,27 @@ def open_buffer(config: Config, read_only: bool = False) -> Buffer:
     )
 
 
+def device_meta(device: AnyDevice) -> dict[str, object]:
+    """How the platform learns what a device is and which quantities, in which units, it sends."""
+    common = {
+        "id": device.id,
+        "bus": device.bus,
+        "interval_s": device.interval_s,
+        "quantities": device.quantity_units(),
+    }
+    if isinstance(device, Dlt645Device):
+        return {**common, "protocol": "dlt645", "address": device.address}
+    profile = device.profile
+    return {
+        **common,
+        "protocol": "modbus",
+        "unit": device.unit,
+        "profile": profile.name,
+        "model": profile.model,
+        "maker": profile.maker,
+    }
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -54,7 +75,7 @@ class Daemon:
             log.info("created signing key %s (key id %s)", config.signing_key, self.signer.kid)
         self.buffer = open_buffer(config)
         self.snapshots: queue.SimpleQueue[Snapshot] = queue.SimpleQueue()
-        by_bus: dict[str, list[Device]] = defaultdict(list)
+        by_bus: dict[str, list[AnyDevice]] = defaultdict(list)
         for device in config.devices:
             by_bus[device.bus].append(device)
         self.pollers = [
@@ -77,7 +98,6 @@ class Daemon:
     # -- what the platform and `cgw status` see ----------------------------------------
 
     def meta(self) -> dict[str, object]:
-        words = vocabulary()
         return {
             "contract": "cgw/v1",
             "gateway": self.config.gateway_id,
@@ -91,21 +111,7 @@ class Daemon:
                 "fingerprint": fingerprint(self.signer.public),
             },
             "envelope_max_records": self.config.buffer.envelope_max_records,
-            "devices": [
-                {
-                    "id": d.id,
-                    "bus": d.bus,
-                    "unit": d.unit,
-                    "profile": d.profile.name,
-                    "model": d.profile.model,
-                    "maker": d.profile.maker,
-                    "interval_s": d.interval_s,
-                    "quantities": {
-                        r.quantity: words[r.quantity].unit for r in d.profile.select(d.quantities)
-                    },
-                }
-                for d in self.config.devices
-            ],
+            "devices": [device_meta(d) for d in self.config.devices],
         }
 
     def device_health(self) -> dict[str, dict[str, object]]:

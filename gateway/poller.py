@@ -17,12 +17,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from drivers.dlt645.client import Dlt645Bus
+from drivers.dlt645.identifiers import Dlt645Device
 from drivers.modbus import ModbusBus
 from drivers.snapshot import OK, OUT_OF_RANGE, Snapshot
-from gateway.config import Bus, Device
+from gateway.config import AnyDevice, Bus, Device, SerialBus
 
 log = logging.getLogger("cgw.poller")
 
@@ -51,7 +52,7 @@ class DeviceHealth:
 
 @dataclass
 class _Schedule:
-    device: Device
+    device: AnyDevice
     due: float
     latency_s: float | None = None  # moving average of successful polls
     deviation_s: float = 0.0
@@ -88,15 +89,39 @@ class BusHealth:
         return dict(self.__dict__)
 
 
+class LineReader:
+    """Reads any device of one bus: Modbus through ModbusBus, DL/T 645 through Dlt645Bus. A
+    serial line may carry both at the same settings; the bus thread never overlaps them."""
+
+    def __init__(self, bus: Bus, devices: list[AnyDevice]) -> None:
+        self.modbus = ModbusBus(bus) if any(isinstance(d, Device) for d in devices) else None
+        self.dlt645 = (
+            Dlt645Bus(bus)
+            if isinstance(bus, SerialBus) and any(isinstance(d, Dlt645Device) for d in devices)
+            else None
+        )
+
+    def read(self, device: AnyDevice, timeout_s: float) -> Snapshot:
+        if isinstance(device, Dlt645Device):
+            assert self.dlt645 is not None
+            return self.dlt645.read(device)
+        assert self.modbus is not None
+        return self.modbus.read(device, timeout_s)
+
+    def close(self) -> None:
+        for reader in (self.modbus, self.dlt645):
+            if reader is not None:
+                reader.close()
+
+
 class BusPoller:
     """Reads each device of one bus when it is due and hands the snapshots to `sink`."""
 
     def __init__(
         self,
         bus: Bus,
-        devices: list[Device],
+        devices: list[AnyDevice],
         sink: queue.SimpleQueue[Snapshot],
-        reader: Callable[[Bus], ModbusBus] = ModbusBus,
     ) -> None:
         self.bus = bus
         self.devices = devices
@@ -104,7 +129,7 @@ class BusPoller:
         self.health = {d.id: DeviceHealth() for d in devices}
         self.bus_health = BusHealth()
         self.heartbeat = time.monotonic()  # last time the loop made progress (for the watchdog)
-        self._reader = reader(bus)
+        self._reader = LineReader(bus, devices)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"bus-{bus.id}", daemon=True)
 
@@ -184,7 +209,7 @@ class BusPoller:
 
     def _record(
         self,
-        device: Device,
+        device: AnyDevice,
         health: DeviceHealth,
         snapshot: Snapshot,
         latency_ms: float,

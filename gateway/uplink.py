@@ -240,9 +240,12 @@ class Uplink:
                 self._live_cursor = item.seq
                 room -= 1
         while room > 0 and self._backlog_cursor < self._live_mark:
-            batch = buffer.undelivered(
-                self._backlog_cursor, self._live_mark, room + len(self._inflight_seqs)
+            # Rows enough for `room` sends after skipping those in flight ahead of the cursor
+            # (there are some only after a reconnect), rather than a whole window of bodies.
+            ahead = sum(
+                1 for s in self._inflight_seqs if self._backlog_cursor < s <= self._live_mark
             )
+            batch = buffer.undelivered(self._backlog_cursor, self._live_mark, room + ahead)
             if not batch:
                 self._backlog_cursor = self._live_mark
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from drivers.vocabulary import vocabulary
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -77,6 +78,11 @@ class Dlt645Device:
     address: str
     identifiers: tuple[str, ...] = DEFAULT_IDENTIFIERS
     interval_s: float = 5.0
+    bus: str = ""
+
+    def quantity_units(self) -> dict[str, str]:
+        known, words = identifiers(), vocabulary()
+        return {known[di].quantity: words[known[di].quantity].unit for di in self.identifiers}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "address", normalise_address(self.address))
