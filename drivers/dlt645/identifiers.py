@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import tomllib
-from drivers.vocabulary import vocabulary
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
 from drivers.dlt645.bcd import decode_bcd, encode_bcd, largest_bcd
 from drivers.dlt645.frame import normalise_address, normalise_di
+from drivers.vocabulary import vocabulary
 
 
 @dataclass(frozen=True)
