@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,9 +147,16 @@ class Buffer:
             (key, amount),
         )
 
-    def commit(self, stream: str, records: Sequence[bytes]) -> bool:
-        """Commit canonical records in one transaction. On a full disk the batch is counted as
-        dropped and False returned: polling goes on, and `make_room` frees space."""
+    def state_int(self, key: str) -> int:
+        """An integer saved in `state` by `commit` (0 if never saved)."""
+        return self._counter(key)
+
+    def commit(
+        self, stream: str, records: Sequence[bytes], state: Mapping[str, int] | None = None
+    ) -> bool:
+        """Commit canonical records in one transaction, with `state` values that must be saved
+        exactly when the records are (pulse totals). On a full disk neither is saved: the batch is
+        counted as dropped and False returned; polling goes on, and `make_room` frees space."""
         if not records:
             return True
         try:
@@ -158,6 +165,8 @@ class Buffer:
                     "INSERT INTO pending (stream, record) VALUES (?, ?)",
                     ((stream, r) for r in records),
                 )
+                if state:
+                    self._set_state(db, **state)
                 unsaved = dict(self._unsaved)
                 for key, amount in unsaved.items():
                     self._add_counter(db, key, amount)

@@ -153,6 +153,64 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _tool(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from gateway.tools.port import ToolError
+
+    try:
+        return run(args)
+    except ToolError as exc:
+        raise CommandError(str(exc), exc.status) from None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from gateway.tools.read import cmd_plan as run
+
+    return _tool(run, args)
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from gateway.tools.read import cmd_read as run
+
+    return _tool(run, args)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from gateway.tools.scan import cmd_scan as run
+
+    return _tool(run, args)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.tools.check import cmd_check as run
+
+    return _tool(run, args)
+
+
+def _add_tool_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """The commissioning tools (docs/COMMISSIONING.md)."""
+    from gateway.tools import check, read, scan
+
+    plan = command(
+        "plan", cmd_plan, "Show a device's Modbus requests, bytes and minimum wire time."
+    )
+    plan.add_argument("device", help="a device id from the config")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    read.add_target_arguments(
+        command("read", cmd_read, "Read one meter once and show its values as a table.")
+    )
+    scan.add_arguments(
+        command(
+            "scan",
+            cmd_scan,
+            "Find the meters on a serial line or behind a Modbus TCP address.",
+            config=False,
+        )
+    )
+    check.add_arguments(
+        command("check", cmd_check, "Commissioning check of the whole config (exit 1 on FAIL).")
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cgw",
@@ -227,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     command("profiles", cmd_profiles, "List the meter profiles shipped with cgw.", config=False)
+    _add_tool_commands(command)
     return parser
 
 

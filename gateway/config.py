@@ -129,6 +129,30 @@ class Device:
 
 AnyDevice = Device | Dlt645Device
 
+PULSE_EDGES = ("falling", "rising")
+PULSE_BIASES = ("pull_up", "pull_down", "disabled")
+
+
+@dataclass(frozen=True)
+class PulseInput:
+    """A meter's S0 / open-collector pulse output wired to a GPIO line (or emulated)."""
+
+    id: str
+    quantity: str
+    pulses_per_unit: float
+    source: str = "gpio"  # or "emulated"
+    chip: str = "/dev/gpiochip0"
+    line: int = 0
+    edge: str = "falling"
+    bias: str = "pull_up"
+    debounce_s: float = 0.02
+    max_rate_hz: float = 20.0
+    interval_s: float = 5.0
+    emulated_rate_hz: float = 1.0
+
+    def quantity_units(self) -> dict[str, str]:
+        return {self.quantity: vocabulary()[self.quantity].unit}
+
 
 @dataclass(frozen=True)
 class Config:
@@ -144,6 +168,7 @@ class Config:
     buses: tuple[Bus, ...]
     devices: tuple[AnyDevice, ...]
     profiles: Mapping[str, Profile] = field(default_factory=dict)
+    pulse_inputs: tuple[PulseInput, ...] = ()
 
     @property
     def topic_base(self) -> str:
@@ -409,6 +434,42 @@ def _device(table: _Table, buses: Mapping[str, Bus], profiles: Mapping[str, Prof
     return device
 
 
+def _pulse_input(table: _Table) -> PulseInput:
+    input_id = table.identifier("id")
+    source = table.choice("source", ("gpio", "emulated"), "gpio")
+    quantity = table.get("quantity", str)
+    definition = vocabulary().get(quantity)
+    if definition is None or definition.kind != "counter":
+        raise table.error(
+            "quantity",
+            f"{quantity!r} is not a counter quantity of the vocabulary "
+            "(e.g. active_energy_import_kwh, water_volume_m3, gas_volume_nm3)",
+        )
+    pulses_per_unit = table.get("pulses_per_unit", float)
+    if not 0 < pulses_per_unit <= 1e9:
+        raise table.error(
+            "pulses_per_unit", f"must be > 0 (and at most 1e9), not {pulses_per_unit:g}"
+        )
+    if source == "gpio" and "emulated_rate_hz" in table.data:
+        raise table.error("emulated_rate_hz", 'only for source = "emulated"')
+    pulse_input = PulseInput(
+        id=input_id,
+        quantity=quantity,
+        pulses_per_unit=pulses_per_unit,
+        source=source,
+        chip=table.get("chip", str, "/dev/gpiochip0"),
+        line=table.integer("line", _MISSING if source == "gpio" else 0, 0, 1023),
+        edge=table.choice("edge", PULSE_EDGES, "falling"),
+        bias=table.choice("bias", PULSE_BIASES, "pull_up"),
+        debounce_s=table.number("debounce_ms", 20.0, 0, 1000) / 1000,
+        max_rate_hz=table.number("max_rate_hz", 20.0, 0.01, 10_000),
+        interval_s=table.number("interval_s", 5.0, 0.1, 86400),
+        emulated_rate_hz=table.number("emulated_rate_hz", 1.0, 0, 10_000),
+    )
+    table.done()
+    return pulse_input
+
+
 def _array(root: _Table, name: str) -> list[_Table]:
     root.read.add(name)
     items = root.data.get(name, [])
@@ -461,6 +522,13 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
     device_tables = _array(root, "devices")
     devices = [_device(t, by_id, profiles) for t in device_tables]
     _unique(device_tables, devices, "device")
+    pulse_tables = _array(root, "pulse_inputs")
+    pulse_inputs = [_pulse_input(t) for t in pulse_tables]
+    _unique(pulse_tables, pulse_inputs, "pulse input")
+    device_ids = {d.id for d in devices}
+    for table, pulse_input in zip(pulse_tables, pulse_inputs, strict=True):
+        if pulse_input.id in device_ids:
+            raise table.error("id", f"{pulse_input.id!r} is already a device id")
 
     config = Config(
         path=path,
@@ -475,6 +543,7 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
         buses=tuple(buses),
         devices=tuple(devices),
         profiles=profiles,
+        pulse_inputs=tuple(pulse_inputs),
     )
     root.done()
     return config

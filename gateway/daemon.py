@@ -24,8 +24,9 @@ from buffer.store import Buffer, is_disk_full
 from drivers.dlt645.identifiers import Dlt645Device
 from drivers.snapshot import Snapshot
 from gateway import __version__
-from gateway.config import AnyDevice, Config
+from gateway.config import AnyDevice, Config, PulseInput
 from gateway.poller import BusPoller
+from gateway.pulse_poller import PulsePoller, PulseReading, state_key
 from gateway.uplink import Uplink, now_ms
 
 log = logging.getLogger("cgw.daemon")
@@ -67,6 +68,32 @@ def device_meta(device: AnyDevice) -> dict[str, object]:
     }
 
 
+def pulse_input_meta(pulse_input: PulseInput) -> dict[str, object]:
+    """A pulse input as the platform sees it: a device whose one quantity is a pulse total."""
+    where = (
+        {"chip": pulse_input.chip, "line": pulse_input.line} if pulse_input.source == "gpio" else {}
+    )
+    return {
+        "id": pulse_input.id,
+        "protocol": "pulse",
+        "source": pulse_input.source,
+        **where,
+        "pulses_per_unit": pulse_input.pulses_per_unit,
+        "interval_s": pulse_input.interval_s,
+        "quantities": pulse_input.quantity_units(),
+    }
+
+
+def pulse_totals(batch: list[Snapshot]) -> dict[str, int]:
+    """The highest total each pulse input reached in a batch: saved with the batch's records."""
+    totals: dict[str, int] = {}
+    for s in batch:
+        if isinstance(s, PulseReading) and s.total is not None:
+            key = state_key(s.device)
+            totals[key] = max(totals.get(key, s.total), s.total)
+    return totals
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -80,6 +107,10 @@ class Daemon:
             by_bus[device.bus].append(device)
         self.pollers = [
             BusPoller(config.bus(b), devices, self.snapshots) for b, devices in by_bus.items()
+        ]
+        self.pulse_pollers = [
+            PulsePoller(p, self.snapshots, self.buffer.state_int(state_key(p.id)))
+            for p in config.pulse_inputs
         ]
         self.uplink = Uplink(config, self.meta, self.health) if config.mqtt.enabled else None
         self.stop_requested = threading.Event()
@@ -111,11 +142,14 @@ class Daemon:
                 "fingerprint": fingerprint(self.signer.public),
             },
             "envelope_max_records": self.config.buffer.envelope_max_records,
-            "devices": [device_meta(d) for d in self.config.devices],
+            "devices": [device_meta(d) for d in self.config.devices]
+            + [pulse_input_meta(p) for p in self.config.pulse_inputs],
         }
 
     def device_health(self) -> dict[str, dict[str, object]]:
-        return {device_id: h.as_dict() for p in self.pollers for device_id, h in p.health.items()}
+        health = {device_id: h.as_dict() for p in self.pollers for device_id, h in p.health.items()}
+        health.update((p.input.id, p.health.as_dict()) for p in self.pulse_pollers)
+        return health
 
     def health(self) -> dict[str, object]:
         stats = self.buffer.stats()
@@ -172,15 +206,18 @@ class Daemon:
             signal.signal(signal.SIGINT, self._on_signal)
         for poller in self.pollers:
             poller.start()
+        for pulse_poller in self.pulse_pollers:
+            pulse_poller.start()
         if self.uplink:
             self.uplink.start()
         else:
             log.warning("MQTT uplink disabled: readings are buffered only")
         log.info(
-            "running: gateway %s, %d devices on %d buses, key id %s",
+            "running: gateway %s, %d devices on %d buses, %d pulse inputs, key id %s",
             self.config.gateway_id,
             len(self.config.devices),
             len(self.pollers),
+            len(self.pulse_pollers),
             self.signer.kid,
         )
         try:
@@ -241,7 +278,8 @@ class Daemon:
         batch, self._uncommitted = self._uncommitted, []
         if not batch:
             return
-        if self.buffer.commit(READINGS, [canonical(s.record()) for s in batch]):
+        records = [canonical(s.record()) for s in batch]
+        if self.buffer.commit(READINGS, records, pulse_totals(batch)):
             self.committed_records += len(batch)
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
@@ -274,8 +312,12 @@ class Daemon:
     def shutdown(self) -> None:
         for poller in self.pollers:
             poller.stop()
+        for pulse_poller in self.pulse_pollers:
+            pulse_poller.stop()  # each hands over a last record with what it counted since
         for poller in self.pollers:
             poller.join(timeout=poller.bus.timeout_s * 4 + 1)
+        for pulse_poller in self.pulse_pollers:
+            pulse_poller.join(timeout=2)
         self._uncommitted.extend(self._collect(0))
         self._commit()
         if self.buffer.pending_records:

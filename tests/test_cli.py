@@ -15,7 +15,7 @@ from tests.support.gateway import DaemonProcess, Meter, write_config
 from tests.support.platform import wait_until
 from tests.support.serial_pair import serial_pair
 
-COMMANDS = ["run", "demo", "emulate", "status", "verify", "profiles"]
+COMMANDS = ["run", "demo", "emulate", "status", "verify", "profiles", "plan", "read", "scan", "check"]
 
 
 def cgw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

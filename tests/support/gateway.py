@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from buffer.store import Buffer
 
@@ -118,3 +121,47 @@ class DaemonProcess:
         return Buffer(
             self.config.parent / "data" / "buffer.db", gateway="gw-test", site="lab", read_only=True
         )
+
+
+def write_pulse_config(
+    folder: Path,
+    *,
+    rate_hz: float,
+    pulses_per_unit: float = 1000,
+    interval_s: float = 0.2,
+    absent_chip: Path | None = None,
+) -> Path:
+    """A gateway with no buses: one emulated pulse input `s0` at `rate_hz` (kWh), and, given
+    `absent_chip`, a GPIO input `s0-gpio` on a chip that does not exist."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gpio = (
+        ""
+        if absent_chip is None
+        else f'[[pulse_inputs]]\nid = "s0-gpio"\nchip = "{absent_chip}"\nline = 4\n'
+        f'quantity = "water_volume_m3"\npulses_per_unit = 100\ninterval_s = {interval_s}\n'
+    )
+    text = (
+        f'[gateway]\nid = "gw-test"\nsite = "lab"\ndata_dir = "data"\nruntime_dir = "run"\n\n'
+        f"[buffer]\ncommit_interval_s = 0.2\nseal_interval_s = 0.3\n\n"
+        f"[mqtt]\nenabled = false\n\n"
+        f'[[pulse_inputs]]\nid = "s0"\nsource = "emulated"\nemulated_rate_hz = {rate_hz}\n'
+        f'quantity = "active_energy_import_kwh"\npulses_per_unit = {pulses_per_unit}\n'
+        f"max_rate_hz = {rate_hz * 2}\ndebounce_ms = 5\ninterval_s = {interval_s}\n\n{gpio}"
+    )
+    path = folder / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def committed_records(db: Path) -> list[dict[str, Any]]:
+    """Every record committed in the buffer, in commit order: sealed ones, then pending ones."""
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        sealed = [
+            r
+            for (body,) in conn.execute("SELECT body FROM envelopes ORDER BY seq")
+            for r in json.loads(body)["records"]
+        ]
+        pending = [json.loads(r) for (r,) in conn.execute("SELECT record FROM pending ORDER BY id")]
+    return sealed + pending

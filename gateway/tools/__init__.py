@@ -1,0 +1,1 @@
+"""Commissioning tools behind `cgw plan`, `cgw read`, `cgw scan` and `cgw check`."""
