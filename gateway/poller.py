@@ -101,12 +101,14 @@ class LineReader:
             else None
         )
 
-    def read(self, device: AnyDevice, timeout_s: float) -> Snapshot:
+    def read(self, device: AnyDevice, timeout_s: float) -> tuple[Snapshot, int]:
+        """The snapshot and the number of request/reply transactions it took."""
         if isinstance(device, Dlt645Device):
             assert self.dlt645 is not None
-            return self.dlt645.read(device)
+            return self.dlt645.read(device), len(device.identifiers)
         assert self.modbus is not None
-        return self.modbus.read(device, timeout_s)
+        snapshot = self.modbus.read(device, timeout_s)
+        return snapshot, max(self.modbus.transactions, 1)
 
     def close(self) -> None:
         for reader in (self.modbus, self.dlt645):
@@ -163,13 +165,13 @@ class BusPoller:
         health = self.health[device.id]
         timeout = schedule.timeout(self.bus.timeout_s)
         started = time.monotonic()
-        snapshot = self._reader.read(device, timeout)
+        snapshot, transactions = self._reader.read(device, timeout)
         ended = time.monotonic()
         self.sink.put(snapshot)
         self.heartbeat = ended
         answered = snapshot.quality in (OK, OUT_OF_RANGE)
         if answered:
-            schedule.learn(ended - started)
+            schedule.learn((ended - started) / transactions)
         schedule.took(ended - started)
         self._record(device, health, snapshot, (ended - started) * 1000, timeout * 1000)
 

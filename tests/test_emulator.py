@@ -20,7 +20,7 @@ import pytest
 
 from drivers.emulation.encode import encode
 from drivers.emulation.load import LoadModel
-from drivers.emulation.meter import EmulatedMeter
+from drivers.emulation.meter import GARBAGE, EmulatedMeter
 from drivers.emulation.server import EmulatorServer, crc16, rtu_frame, split_rtu
 from drivers.modbus import ModbusBus
 from drivers.profile import load_shipped_profile
@@ -182,7 +182,15 @@ def test_meter_faults() -> None:
     meter.fault = "exception"
     assert meter.respond(request).pdu == bytes([0x84, 4])
     meter.fault = "garbage"
-    assert meter.respond(request).corrupt
+    garbage = meter.respond(request)
+    assert garbage.raw and garbage.pdu == GARBAGE
+    meter.fault = "bad_crc"
+    bad_crc = meter.respond(request)
+    assert bad_crc.corrupt and bad_crc.pdu == answer(
+        EmulatedMeter(1, SDM630, clock=FakeClock()), request
+    )
+    meter.fault = "wrong_unit"
+    assert meter.respond(request).unit == 2
     meter.fault = "slow"
     assert meter.respond(request).delay_s == 1.5
     meter.fault = "nan"
@@ -308,10 +316,10 @@ def test_rtu_over_own_pty(server: EmulatorServer, tmp_path: Path) -> None:
     assert not link.exists()
 
 
-def test_rtu_garbage_fault_has_a_bad_crc(server: EmulatorServer) -> None:
+def test_rtu_bad_crc_fault_has_a_bad_crc(server: EmulatorServer) -> None:
     fd = open_raw(server.start_pty())
     try:
-        server.meters[1].fault = "garbage"
+        server.meters[1].fault = "bad_crc"
         answer = rtu_exchange(fd, rtu_frame(1, read_pdu(4, 0, 2)))
         assert len(answer) == 9 and answer[:3] == bytes([1, 4, 4])
         assert int.from_bytes(answer[-2:], "little") != crc16(answer[:-2])
@@ -333,7 +341,7 @@ def test_tcp_answers_and_keeps_quiet_for_unknown_units(server: EmulatorServer) -
         sock.settimeout(0.3)
         with pytest.raises(TimeoutError):
             tcp_exchange(sock, 2, 5, read_pdu(4, 0, 2))
-        server.meters[1].fault = "garbage"
+        server.meters[1].fault = "bad_crc"
         sock.settimeout(1)
         answer = tcp_exchange(sock, 3, 1, read_pdu(4, 0, 2))
         assert answer[7:9] == b"\x04\x06" and len(answer) == 13  # byte count says 6, carries 4

@@ -50,6 +50,8 @@ class Options:
     pty: str | None
     tcp: tuple[str, int] | None
     seed: int
+    baud_accurate: bool = False
+    latency_s: float = 0.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,9 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--serial", metavar="PATH", help="serve Modbus RTU (and DL/T 645) on this serial device"
     )
-    parser.add_argument("--baudrate", default="9600", help="baud rate for --serial (default 9600)")
-    parser.add_argument("--parity", default="N", help="N, E or O for --serial (default N)")
-    parser.add_argument("--stopbits", default="1", help="1 or 2 for --serial (default 1)")
+    parser.add_argument(
+        "--baudrate",
+        default="9600",
+        help="baud rate for --serial and --baud-accurate (default 9600)",
+    )
+    parser.add_argument(
+        "--parity", default="N", help="N, E or O for --serial and --baud-accurate (default N)"
+    )
+    parser.add_argument(
+        "--stopbits", default="1", help="1 or 2 for --serial and --baud-accurate (default 1)"
+    )
     parser.add_argument(
         "--pty",
         metavar="LINK",
@@ -81,6 +91,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(repeatable); FAULT is one of {', '.join(DLT645_FAULTS)}",
     )
     parser.add_argument("--seed", default="0", help="seed of the emulated loads (default 0)")
+    parser.add_argument(
+        "--baud-accurate",
+        action="store_true",
+        help="pace --serial and --pty lines to --baudrate/--parity/--stopbits: requests count as "
+        "arrived after their wire time, answers leave no faster than the line allows",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        default="0",
+        help="every Modbus meter answers this many milliseconds after the request (default 0)",
+    )
 
 
 def _integer(text: str, option: str, low: int, high: int) -> int:
@@ -162,27 +183,43 @@ def parse_options(args: argparse.Namespace) -> Options:
         pty=args.pty,
         tcp=_tcp(args.tcp) if args.tcp else None,
         seed=_integer(args.seed, "--seed", -(2**63), 2**63 - 1),
+        baud_accurate=bool(args.baud_accurate),
+        latency_s=_integer(args.latency_ms, "--latency-ms", 0, 60_000) / 1000,
     )
 
 
 def _start(server: EmulatorServer, options: Options) -> list[str]:
     """Open every endpoint; returns what each serves on, for the user. UsageError if one fails."""
     places = []
+    line = f"{options.baudrate} 8{options.parity}{options.stopbits}"
     if options.serial:
         if not os.path.exists(options.serial):
             raise UsageError(f"--serial {options.serial}: no such device")
         try:
-            server.serve_serial(options.serial, options.baudrate, options.parity, options.stopbits)
+            server.serve_serial(
+                options.serial,
+                options.baudrate,
+                options.parity,
+                options.stopbits,
+                baud_accurate=options.baud_accurate,
+            )
         except OSError as exc:
             raise UsageError(f"--serial {options.serial}: cannot open: {exc}") from None
-        line = f"{options.baudrate} 8{options.parity}{options.stopbits}"
-        places.append(f"{options.serial} (RTU {line})")
+        paced = ", baud-accurate" if options.baud_accurate else ""
+        places.append(f"{options.serial} (RTU {line}{paced})")
     if options.pty:
         try:
-            slave = server.start_pty(options.pty)
+            slave = server.start_pty(
+                options.pty,
+                options.baudrate,
+                options.parity,
+                options.stopbits,
+                baud_accurate=options.baud_accurate,
+            )
         except OSError as exc:
             raise UsageError(f"--pty {options.pty}: cannot create: {exc.strerror}") from None
-        places.append(f"{options.pty} -> {slave} (RTU over a pty, any baud rate)")
+        speed = f"paced at {line}" if options.baud_accurate else "any baud rate"
+        places.append(f"{options.pty} -> {slave} (RTU over a pty, {speed})")
     if options.tcp:
         host, port = options.tcp
         try:
@@ -201,7 +238,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"cgw emulate: {exc}", file=sys.stderr)
         return EX_USAGE
     meters = [
-        EmulatedMeter(m.unit, load_shipped_profile(m.profile), seed=options.seed, fault=m.fault)
+        EmulatedMeter(
+            m.unit,
+            load_shipped_profile(m.profile),
+            seed=options.seed,
+            fault=m.fault,
+            latency_s=options.latency_s,
+        )
         for m in options.meters
     ]
     dlt645_meters = [

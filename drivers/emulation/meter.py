@@ -13,13 +13,25 @@ from drivers.emulation.encode import encode, raw_limits, raw_value
 from drivers.emulation.load import LoadModel
 from drivers.profile import ASCII, Identify, Profile, Register
 
-FAULTS = ("silent", "exception", "garbage", "slow", "out_of_range", "nan")
+FAULTS = (
+    "silent",
+    "exception",
+    "garbage",
+    "bad_crc",
+    "wrong_unit",
+    "slow",
+    "out_of_range",
+    "nan",
+)
 MAX_READ = 125  # FC03/FC04 register limit
 
 ILLEGAL_FUNCTION = 1
 ILLEGAL_DATA_ADDRESS = 2
 ILLEGAL_DATA_VALUE = 3
 SERVER_DEVICE_FAILURE = 4
+
+# What the "garbage" fault puts on the line instead of an answer: bytes that hold no frame.
+GARBAGE = bytes.fromhex("00 55 AA FF 13 37 42 99 E7 01")
 
 # What the "out_of_range" fault makes the meter report: far outside any plausible range.
 _ABSURD = {"_v": 9999.0, "_hz": 999.0, "power_factor": 9.0, "_a": 999999.0}
@@ -31,11 +43,15 @@ class Reply:
 
     `pdu` None means no answer at all. `corrupt` asks the server to spoil the frame on the wire
     (bad CRC on RTU, wrong length on TCP); `delay_s` is how long to wait before answering.
+    `unit`, when set, is the unit id the answer carries instead of the request's; `raw` means
+    `pdu` is bytes to put on the wire as they are, with no framing at all.
     """
 
     pdu: bytes | None
     delay_s: float = 0.0
     corrupt: bool = False
+    unit: int | None = None
+    raw: bool = False
 
 
 class MeterException(Exception):
@@ -53,7 +69,10 @@ class EmulatedMeter:
 
     Without `load`, the model is seeded with `seed + unit`, so meters sharing a seed still differ.
     `fault` may be changed at any time (from another thread) to one of FAULTS or None; "slow"
-    answers after `slow_delay_s`. Like the real meter, it serves the profile's identification
+    answers after `slow_delay_s`. Every answer comes `latency_s` after the request (a real
+    meter's processing time; 0 by default). "garbage" answers with bytes that hold no frame,
+    "bad_crc" with a correct answer whose CRC is wrong, "wrong_unit" with a correct answer from
+    another unit id. Like the real meter, it serves the profile's identification
     register (its first expected value) and refuses reads the profile's read rules forbid: longer
     than `reads.max_registers`, or spanning a barrier.
     """
@@ -68,6 +87,7 @@ class EmulatedMeter:
         *,
         load: LoadModel | None = None,
         slow_delay_s: float = 2.0,
+        latency_s: float = 0.0,
     ) -> None:
         if not 1 <= unit <= 247:
             raise ValueError(f"unit must be 1..247, not {unit}")
@@ -75,6 +95,7 @@ class EmulatedMeter:
         self.profile = profile
         self.load = load if load is not None else LoadModel(seed=seed + unit, clock=clock)
         self.slow_delay_s = slow_delay_s
+        self.latency_s = latency_s
         self.fault = fault
         self.requests = 0  # requests addressed to this meter, answered or not
         self._lock = threading.Lock()
@@ -152,26 +173,33 @@ class EmulatedMeter:
         fault = self.fault
         if fault == "silent" or not pdu:
             return Reply(None)
+        if fault == "garbage":
+            return Reply(GARBAGE, delay_s=self.latency_s, raw=True)
+        body = self._answer(pdu, fault)
+        delay_s = self.latency_s + (self.slow_delay_s if fault == "slow" else 0.0)
+        if fault == "bad_crc":
+            return Reply(body, delay_s=delay_s, corrupt=True)
+        if fault == "wrong_unit":
+            return Reply(body, delay_s=delay_s, unit=self.unit % 247 + 1)
+        return Reply(body, delay_s=delay_s)
+
+    def _answer(self, pdu: bytes, fault: str | None) -> bytes:
+        """The answer PDU: the registers read, or an exception."""
         function = pdu[0]
         if function not in (3, 4):
-            return Reply(exception_pdu(function, ILLEGAL_FUNCTION))
+            return exception_pdu(function, ILLEGAL_FUNCTION)
         if len(pdu) != 5:
-            return Reply(exception_pdu(function, ILLEGAL_DATA_VALUE))
+            return exception_pdu(function, ILLEGAL_DATA_VALUE)
         address, count = struct.unpack(">HH", pdu[1:5])
         if not 1 <= count <= MAX_READ:
-            return Reply(exception_pdu(function, ILLEGAL_DATA_VALUE))
+            return exception_pdu(function, ILLEGAL_DATA_VALUE)
         if fault == "exception":
-            return Reply(exception_pdu(function, SERVER_DEVICE_FAILURE))
+            return exception_pdu(function, SERVER_DEVICE_FAILURE)
         try:
             words = self.registers(function, address, count)
         except MeterException as exc:
-            return Reply(exception_pdu(function, exc.code))
-        body = bytes([function, 2 * count]) + b"".join(w.to_bytes(2, "big") for w in words)
-        if fault == "garbage":
-            return Reply(body, corrupt=True)
-        if fault == "slow":
-            return Reply(body, delay_s=self.slow_delay_s)
-        return Reply(body)
+            return exception_pdu(function, exc.code)
+        return bytes([function, 2 * count]) + b"".join(w.to_bytes(2, "big") for w in words)
 
 
 def _encode_saturating(register: Register, value: float) -> list[int]:

@@ -1,6 +1,11 @@
 """Serve emulated meters over Modbus RTU (a serial device or a pty of our own) and Modbus TCP,
 and emulated DL/T 645-2007 meters on the same serial lines.
 
+A pty moves bytes instantly. A baud-accurate line (`baud_accurate=True`) behaves like the wire
+instead: a request of k bytes counts as complete k character times after it arrived, the meter
+answers no sooner than t3.5 of silence after that (plus its latency), and the answer's bytes are
+handed over no faster than one per character time (FACTS.md 6).
+
 An independent Modbus slave: its own CRC, RTU framing and MBAP framing, no pymodbus, so that the
 gateway's driver is tested against bytes it did not produce itself.
 """
@@ -15,8 +20,10 @@ import select
 import socket
 import struct
 import threading
+import time
 import tty
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,6 +40,8 @@ log = logging.getLogger("cgw.emulation")
 _IDLE_S = 0.2  # how often idle threads look at the stop flag
 _GAP_S = 0.05  # silence that ends a frame on a serial line (generous: USB adapters batch bytes)
 _MAX_RTU = 256  # longest RTU frame
+_PACE_STEP_S = 0.001  # a baud-accurate line hands over its bytes in pieces this far apart
+_FAST_SILENCE_S = 0.00175  # t3.5 above 19200 baud (FACTS.md 6)
 
 
 class _Wait:
@@ -164,6 +173,66 @@ def _crc_at(buf: bytearray, length: int) -> int:
     return int.from_bytes(buf[length - 2 : length], "little")
 
 
+@dataclass(frozen=True)
+class LineTiming:
+    """How long things take on a serial line: one character, and the t3.5 silence that ends a
+    frame (fixed at 1.75 ms above 19200 baud)."""
+
+    character_s: float
+    silence_s: float
+
+    @classmethod
+    def of(
+        cls, baudrate: int, parity: str = "N", stopbits: int = 1, bytesize: int = 8
+    ) -> LineTiming:
+        bits = 1 + bytesize + (0 if parity == "N" else 1) + stopbits
+        character_s = bits / baudrate
+        silence_s = 3.5 * character_s if baudrate <= 19200 else _FAST_SILENCE_S
+        return cls(character_s, silence_s)
+
+    def wire_s(self, length: int) -> float:
+        return length * self.character_s
+
+    def read_transaction_s(self, registers: int) -> float:
+        """The least bus time of an FC03/FC04 read of `registers` registers (FACTS.md 6): the
+        8-byte request, the (5 + 2n)-byte answer and a t3.5 silence after each."""
+        return self.wire_s(8 + 5 + 2 * registers) + 2 * self.silence_s
+
+
+class _Pacer:
+    """Keeps one line's bytes to the speed of the wire. `busy_until` is the monotonic time the
+    last byte seen or sent so far has fully crossed the line."""
+
+    def __init__(self, timing: LineTiming) -> None:
+        self.timing = timing
+        self.busy_until = 0.0
+        self._piece = max(1, int(_PACE_STEP_S / timing.character_s))
+
+    def received(self, length: int) -> None:
+        """`length` bytes just arrived (all at once, as a pty delivers them): on the wire they
+        take their character times, starting now or after what is still crossing."""
+        self.busy_until = max(time.monotonic(), self.busy_until) + self.timing.wire_s(length)
+
+    def wait_for_turn(self, stop: threading.Event) -> bool:
+        """Wait until the request has crossed the line and t3.5 of silence followed; False if
+        stopped meanwhile."""
+        wait = self.busy_until + self.timing.silence_s - time.monotonic()
+        return wait <= 0 or not stop.wait(wait)
+
+    def send(self, channel: _Channel, wire: bytes, stop: threading.Event) -> None:
+        """Hand `wire` over piece by piece, each piece when its last byte would have arrived."""
+        start = max(time.monotonic(), self.busy_until)
+        for offset in range(0, len(wire), self._piece):
+            piece = wire[offset : offset + self._piece]
+            wait = start + self.timing.wire_s(offset + len(piece)) - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # at most one piece's time: _PACE_STEP_S
+            if stop.is_set():
+                return
+            channel.write(piece)
+        self.busy_until = start + self.timing.wire_s(len(wire))
+
+
 class _Channel(Protocol):
     name: str
 
@@ -261,15 +330,34 @@ class EmulatorServer:
         parity: str = "N",
         stopbits: int = 1,
         bytesize: int = 8,
+        *,
+        baud_accurate: bool = False,
     ) -> None:
         """Answer RTU and DL/T 645 on an existing serial device or pty; OSError if it cannot be
-        opened."""
+        opened. `baud_accurate` paces the line to its settings (needed on a pty, whose baud rate
+        is fiction; a real serial port paces itself)."""
         channel = _SerialChannel(path, baudrate, parity, stopbits, bytesize)
-        self._spawn(lambda: self._serve_rtu(channel), f"rtu {path}")
+        pacer = (
+            _Pacer(LineTiming.of(baudrate, parity, stopbits, bytesize)) if baud_accurate else None
+        )
+        self._spawn(lambda: self._serve_rtu(channel, pacer), f"rtu {path}")
 
-    def start_pty(self, link: str | Path | None = None) -> str:
+    def start_pty(
+        self,
+        link: str | Path | None = None,
+        baudrate: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        bytesize: int = 8,
+        *,
+        baud_accurate: bool = False,
+    ) -> str:
         """Create a pty pair, answer RTU on one end and return the other end's path for the
-        gateway; with `link`, also point a symlink there (replacing an older symlink)."""
+        gateway; with `link`, also point a symlink there (replacing an older symlink). The line
+        settings matter only with `baud_accurate`, which paces the line to them."""
+        pacer = (
+            _Pacer(LineTiming.of(baudrate, parity, stopbits, bytesize)) if baud_accurate else None
+        )
         channel = _PtyChannel()
         if link is not None:
             link = Path(link)
@@ -281,7 +369,7 @@ class EmulatorServer:
                 channel.close()
                 raise
             self._links.append(link)
-        self._spawn(lambda: self._serve_rtu(channel), f"pty {channel.name}")
+        self._spawn(lambda: self._serve_rtu(channel, pacer), f"pty {channel.name}")
         return channel.name
 
     def serve_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -321,20 +409,24 @@ class EmulatorServer:
             self._threads.append(thread)
         thread.start()
 
-    def _answer(self, unit: int, pdu: bytes) -> Reply | None:
+    def _reply(self, unit: int, pdu: bytes) -> Reply | None:
+        """The addressed meter's reply, None for silence (no such meter, or it keeps quiet)."""
         meter = self.meters.get(unit)
         if meter is None:
             return None
         reply = meter.respond(pdu)
-        if reply.pdu is None:
-            return None
-        # A slow meter holds up its RTU line (requests queue behind it) or its TCP connection.
-        if reply.delay_s and self._stop.wait(reply.delay_s):
+        return None if reply.pdu is None else reply
+
+    def _answer(self, unit: int, pdu: bytes) -> Reply | None:
+        """The reply, once its delay has passed: a slow meter holds up its TCP connection."""
+        reply = self._reply(unit, pdu)
+        if reply is None or (reply.delay_s and self._stop.wait(reply.delay_s)):
             return None
         return reply
 
-    def _answer_dlt645(self, request: Frame) -> bytes | None:
-        """The bytes the addressed DL/T 645 meters put on the line; None for silence."""
+    def _answer_dlt645(self, request: Frame) -> tuple[bytes, float] | None:
+        """The bytes the addressed DL/T 645 meters put on the line and after what delay; None
+        for silence."""
         answers = [
             meter.respond(request)
             for meter in self.dlt645_meters.values()
@@ -344,29 +436,41 @@ class EmulatorServer:
         if not wires:
             return None
         delay_s = max(a.delay_s for a in answers)
-        if delay_s and self._stop.wait(delay_s):
-            return None
-        return wires[0] if len(wires) == 1 else _collide(wires)
+        return (wires[0] if len(wires) == 1 else _collide(wires)), delay_s
 
-    def _serve_rtu(self, channel: _Channel) -> None:
+    def _deliver(
+        self, channel: _Channel, wire: bytes, delay_s: float, pacer: _Pacer | None
+    ) -> None:
+        """Put an answer on the line after `delay_s`: on a baud-accurate line, counted from the
+        end of the request and its t3.5 silence, and at the line's speed. A slow meter holds up
+        its line: requests queue behind it."""
+        if pacer is not None and not pacer.wait_for_turn(self._stop):
+            return
+        if delay_s and self._stop.wait(delay_s):
+            return
+        if pacer is None:
+            channel.write(wire)
+        else:
+            pacer.send(channel, wire, self._stop)
+
+    def _serve_rtu(self, channel: _Channel, pacer: _Pacer | None = None) -> None:
         buf = bytearray()
         try:
             while not self._stop.is_set():
                 data = channel.read(_GAP_S if buf else _IDLE_S)
+                if data and pacer is not None:
+                    pacer.received(len(data))
                 buf += data
                 while (request := split_line(buf, final=not data)) is not None:
                     if isinstance(request, Frame):
                         answer = self._answer_dlt645(request)
-                        if answer:
-                            channel.write(answer)
+                        if answer is not None:
+                            self._deliver(channel, *answer, pacer)
                         continue
                     unit, pdu = request
-                    reply = self._answer(unit, pdu) if unit else None
+                    reply = self._reply(unit, pdu) if unit else None
                     if reply is not None and reply.pdu is not None:
-                        frame = rtu_frame(unit, reply.pdu)
-                        if reply.corrupt:
-                            frame = frame[:-2] + bytes([frame[-2] ^ 0xFF, frame[-1] ^ 0x5A])
-                        channel.write(frame)
+                        self._deliver(channel, _rtu_wire(unit, reply), reply.delay_s, pacer)
         except (OSError, serial.SerialException) as exc:
             if not self._stop.is_set():
                 log.error("emulator on %s stopped: %s", channel.name, exc)
@@ -412,7 +516,7 @@ class EmulatorServer:
                     del buf[: 6 + length]
                     reply = self._answer(unit, pdu)
                     if reply is not None and reply.pdu is not None:
-                        conn.sendall(_mbap(tid, unit, reply.pdu, reply.corrupt))
+                        conn.sendall(_mbap(tid, unit, reply))
         except OSError:
             pass  # peer went away or stop() shut the socket
         finally:
@@ -422,11 +526,27 @@ class EmulatorServer:
             conn.close()
 
 
-def _mbap(tid: int, unit: int, pdu: bytes, corrupt: bool) -> bytes:
-    if corrupt and len(pdu) > 2:
+def _rtu_wire(unit: int, reply: Reply) -> bytes:
+    """The bytes an RTU reply puts on the line, faults included."""
+    assert reply.pdu is not None
+    if reply.raw:
+        return reply.pdu
+    frame = rtu_frame(unit if reply.unit is None else reply.unit, reply.pdu)
+    if reply.corrupt:
+        frame = frame[:-2] + bytes([frame[-2] ^ 0xFF, frame[-1] ^ 0x5A])
+    return frame
+
+
+def _mbap(tid: int, unit: int, reply: Reply) -> bytes:
+    assert reply.pdu is not None
+    if reply.raw:
+        return reply.pdu
+    pdu = reply.pdu
+    if reply.corrupt and len(pdu) > 2:
         # A byte count that promises more data than the frame carries: a malformed response.
         pdu = pdu[:1] + bytes([(pdu[1] + 2) & 0xFF]) + pdu[2:]
-    return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+    answering = unit if reply.unit is None else reply.unit
+    return struct.pack(">HHHB", tid, 0, len(pdu) + 1, answering) + pdu
 
 
 def _collide(wires: list[bytes]) -> bytes:

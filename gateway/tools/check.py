@@ -289,7 +289,7 @@ def _poll_all(
     snapshots, durations = {}, {}
     for device in devices:
         started = time.monotonic()
-        snapshots[device.id] = reader.read(device, bus.timeout_s)
+        snapshots[device.id] = reader.read(device, bus.timeout_s)[0]
         durations[device.id] = time.monotonic() - started
     return snapshots, durations
 

@@ -111,7 +111,7 @@ def read_once(bus: Bus, device: AnyDevice) -> Snapshot:
             raise ToolError(busy_message(bus.port, holders))
     reader = LineReader(bus, [device])
     try:
-        return reader.read(device, bus.timeout_s)
+        return reader.read(device, bus.timeout_s)[0]
     finally:
         reader.close()
 
