@@ -486,6 +486,21 @@ def _unique(tables: list[_Table], items: list[Any], what: str) -> None:
         seen.add(item.id)
 
 
+def _one_bus_per_line(tables: list[_Table], buses: list[Bus]) -> None:
+    """Two buses on one serial port would poll it from two threads at once: frames would collide."""
+    owners: dict[str, str] = {}
+    for table, bus in zip(tables, buses, strict=True):
+        if not isinstance(bus, SerialBus):
+            continue
+        if bus.port in owners:
+            raise table.error(
+                "port",
+                f"{bus.port} is already the port of bus {owners[bus.port]!r}: one line is one bus "
+                "(Modbus and DL/T 645 devices may share it at the same settings)",
+            )
+        owners[bus.port] = bus.id
+
+
 def parse(data: Mapping[str, Any], path: str | Path) -> Config:
     """Validate parsed TOML. Relative paths are taken from the config file's folder."""
     path = Path(path)
@@ -518,6 +533,7 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
     bus_tables = _array(root, "buses")
     buses = [_bus(t) for t in bus_tables]
     _unique(bus_tables, buses, "bus")
+    _one_bus_per_line(bus_tables, buses)
     by_id = {b.id: b for b in buses}
     device_tables = _array(root, "devices")
     devices = [_device(t, by_id, profiles) for t in device_tables]
