@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,16 @@ def machine() -> dict[str, Any]:
         "arch": platform.machine(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
+        "paho_mqtt": package_version("paho-mqtt"),
         "kernel": platform.release(),
     }
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def format_value(value: float | int | str) -> str:
@@ -88,7 +97,10 @@ def render(report: Report) -> str:
     width = max((len(r[0]) for r in rows), default=0)
     value_width = max((len(r[1]) for r in rows), default=0)
     lines = [report.title, "-" * len(report.title)]
-    lines += [f"  {label:<{width}}  {value:>{value_width}}  {unit}".rstrip() for label, value, unit in rows]
+    lines += [
+        f"  {label:<{width}}  {value:>{value_width}}  {unit}".rstrip()
+        for label, value, unit in rows
+    ]
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import Report, ratio, written_bytes
+from bench.common import Deadline, Report, ratio, written_bytes
 from bench.workload import snapshots
 from buffer.canonical import canonical
 from buffer.keys import load_or_create
@@ -72,7 +72,9 @@ def product_run(items: Sequence[Snapshot], batch: int, folder: Path) -> Run:
     seconds = time.perf_counter() - started
     growth = files_size(path) - size_before
     buffer.close()
-    return Run(seconds, canonical_s, commit_s, seal_s, written_bytes() - written_before, growth, envelopes)
+    return Run(
+        seconds, canonical_s, commit_s, seal_s, written_bytes() - written_before, growth, envelopes
+    )
 
 
 def baseline_run(records: Sequence[bytes], batch: int, folder: Path) -> Run:
@@ -86,7 +88,8 @@ def baseline_run(records: Sequence[bytes], batch: int, folder: Path) -> Run:
     for first in range(0, len(records), batch):
         db.execute("BEGIN IMMEDIATE")
         db.executemany(
-            "INSERT INTO readings (record) VALUES (?)", ((r,) for r in records[first : first + batch])
+            "INSERT INTO readings (record) VALUES (?)",
+            ((r,) for r in records[first : first + batch]),
         )
         db.execute("COMMIT")
     seconds = time.perf_counter() - started
@@ -99,7 +102,87 @@ def median_run(runs: list[Run]) -> Run:
     return sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
 
 
-def run(size: int, batches: Sequence[int], repeat: int, directory: Path | None = None) -> Report:
+def measure(
+    items: Sequence[Snapshot],
+    records: Sequence[bytes],
+    batch: int,
+    repeat: int,
+    deadline: Deadline,
+    directory: Path | None,
+) -> tuple[list[Run], list[Run]]:
+    """`repeat` product and baseline runs, interleaved so that noise on the machine hits both."""
+    product: list[Run] = []
+    baseline: list[Run] = []
+    for _ in range(repeat):
+        deadline.check(f"ingest runs of batch {batch}")
+        with tempfile.TemporaryDirectory(prefix="cgw-bench-", dir=directory) as folder:
+            baseline.append(baseline_run(records, batch, Path(folder)))
+        with tempfile.TemporaryDirectory(prefix="cgw-bench-", dir=directory) as folder:
+            product.append(product_run(items, batch, Path(folder)))
+    return product, baseline
+
+
+def summarise(
+    report: Report, batch: int, product: list[Run], baseline: list[Run], size: int
+) -> None:
+    p, b = median_run(product), median_run(baseline)
+    rate, base_rate = size / p.seconds, size / b.seconds
+    split = {
+        "canonical": p.canonical_s / size * 1e6,
+        "commit": p.commit_s / size * 1e6,
+        "seal": p.seal_s / size * 1e6,
+        "baseline_insert": b.seconds / size * 1e6,
+    }
+    report.details["by_batch"][batch] = {
+        "product_per_s": rate,
+        "baseline_per_s": base_rate,
+        "ratio": ratio(rate, base_rate),
+        "product_runs_s": [r.seconds for r in product],
+        "baseline_runs_s": [r.seconds for r in baseline],
+        "us_per_snapshot": split,
+        "bytes_written_per_snapshot": p.bytes_written / size,
+        "file_growth_per_snapshot": p.file_growth / size,
+        "baseline_bytes_written_per_snapshot": b.bytes_written / size,
+        "baseline_file_growth_per_snapshot": b.file_growth / size,
+        "envelopes": p.envelopes,
+    }
+    suffix = f" (batch {batch})"
+    report.add(f"product_per_s_{batch}", "product: snapshots/s" + suffix, rate, "/s")
+    report.add(f"baseline_per_s_{batch}", "baseline executemany/s" + suffix, base_rate, "/s")
+    report.add(f"ratio_{batch}", "ratio product/baseline" + suffix, ratio(rate, base_rate))
+    report.add(
+        f"target_ratio_{batch}",
+        f"product vs target {TARGET_PER_S:,}/s" + suffix,
+        rate / TARGET_PER_S,
+    )
+    report.add(
+        f"split_{batch}",
+        "  canonical / commit / seal" + suffix,
+        f"{split['canonical']:.2f} / {split['commit']:.2f} / {split['seal']:.2f}",
+        "us/snapshot",
+    )
+    report.add(
+        f"bytes_written_{batch}",
+        "  bytes written/snapshot, product / baseline" + suffix,
+        f"{p.bytes_written / size:,.0f} / {b.bytes_written / size:,.0f}",
+        "B",
+    )
+    report.add(
+        f"file_growth_{batch}",
+        "  db+wal growth/snapshot, product / baseline" + suffix,
+        f"{p.file_growth / size:,.0f} / {b.file_growth / size:,.0f}",
+        "B",
+    )
+
+
+def run(
+    size: int,
+    batches: Sequence[int],
+    repeat: int,
+    directory: Path | None = None,
+    time_limit_s: float = 900.0,
+) -> Report:
+    deadline = Deadline(time_limit_s)
     items = snapshots(size)
     records = [canonical(s.record()) for s in items]
     report = Report("ingest", f"ingest: {size:,} SDM630 snapshots, envelopes of {ENVELOPE_RECORDS}")
@@ -112,58 +195,9 @@ def run(size: int, batches: Sequence[int], repeat: int, directory: Path | None =
         by_batch={},
     )
     for batch in batches:
-        product: list[Run] = []
-        baseline: list[Run] = []
-        for _ in range(repeat):  # interleaved, so that noise on the machine hits both alike
-            with tempfile.TemporaryDirectory(prefix="cgw-bench-", dir=directory) as folder:
-                baseline.append(baseline_run(records, batch, Path(folder)))
-            with tempfile.TemporaryDirectory(prefix="cgw-bench-", dir=directory) as folder:
-                product.append(product_run(items, batch, Path(folder)))
-        p, b = median_run(product), median_run(baseline)
-        rate, base_rate = size / p.seconds, size / b.seconds
-        report.details["by_batch"][batch] = {
-            "product_per_s": rate,
-            "baseline_per_s": base_rate,
-            "ratio": ratio(rate, base_rate),
-            "product_runs_s": [r.seconds for r in product],
-            "baseline_runs_s": [r.seconds for r in baseline],
-            "us_per_snapshot": {
-                "canonical": p.canonical_s / size * 1e6,
-                "commit": p.commit_s / size * 1e6,
-                "seal": p.seal_s / size * 1e6,
-                "baseline_insert": b.seconds / size * 1e6,
-            },
-            "bytes_written_per_snapshot": p.bytes_written / size,
-            "file_growth_per_snapshot": p.file_growth / size,
-            "baseline_bytes_written_per_snapshot": b.bytes_written / size,
-            "baseline_file_growth_per_snapshot": b.file_growth / size,
-            "envelopes": p.envelopes,
-        }
-        suffix = f" (batch {batch})"
-        report.add(f"product_per_s_{batch}", "product: snapshots/s" + suffix, rate, "/s")
-        report.add(f"baseline_per_s_{batch}", "baseline executemany/s" + suffix, base_rate, "/s")
-        report.add(f"ratio_{batch}", "ratio product/baseline" + suffix, ratio(rate, base_rate))
-        report.add(
-            f"target_ratio_{batch}", f"product vs target {TARGET_PER_S:,}/s" + suffix, rate / TARGET_PER_S
-        )
-        breakdown = report.details["by_batch"][batch]["us_per_snapshot"]
-        report.add(
-            f"split_{batch}",
-            "  canonical / commit / seal" + suffix,
-            f"{breakdown['canonical']:.2f} / {breakdown['commit']:.2f} / {breakdown['seal']:.2f}",
-            "us/snapshot",
-        )
-        report.add(
-            f"bytes_written_{batch}",
-            "  bytes written/snapshot, product / baseline" + suffix,
-            f"{p.bytes_written / size:,.0f} / {b.bytes_written / size:,.0f}",
-            "B",
-        )
-        report.add(
-            f"file_growth_{batch}",
-            "  db+wal growth/snapshot, product / baseline" + suffix,
-            f"{p.file_growth / size:,.0f} / {b.file_growth / size:,.0f}",
-            "B",
-        )
-    report.add("record_bytes", "canonical record size (mean)", report.details["record_bytes_mean"], "B")
+        product, baseline = measure(items, records, batch, repeat, deadline, directory)
+        summarise(report, batch, product, baseline, size)
+    report.add(
+        "record_bytes", "canonical record size (mean)", report.details["record_bytes_mean"], "B"
+    )
     return report

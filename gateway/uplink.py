@@ -300,6 +300,9 @@ class Uplink:
         self._stopping.set()
         self.client.disconnect()
         self._thread.join(timeout=timeout_s)
+        if not self._thread.is_alive() and self.client.want_write():
+            # The network thread left before writing the DISCONNECT; it is the only writer no more.
+            self.client.loop_write()
 
 
 def _describe(exc: BaseException) -> str:

@@ -148,12 +148,17 @@ class Scanner:
         return bool(present)
 
     def _discover_dlt645(self, result: ScanResult) -> None:
-        for baud in self.dlt645_bauds:
+        # A mixed line has one setting: where Modbus meters answered, try that first.
+        modbus_settings = [(f.baudrate, f.parity) for f in result.found if f.unit is not None]
+        settings = [*modbus_settings, *((baud, "E") for baud in self.dlt645_bauds)]
+        for baud, parity in dict.fromkeys(settings):
+            if baud is None or parity is None:
+                continue
             bus = SerialBus(
                 "scan",
                 self.buses[0].port if isinstance(self.buses[0], SerialBus) else "",
                 baud,
-                "E",
+                parity,
                 timeout_s=DLT645_TIMEOUT_S,
             )
             self.progress.advance(f"DL/T 645 at {line_settings(bus)}")
@@ -187,7 +192,7 @@ class Scanner:
                     None,
                     "answered the wildcard address",
                     baud,
-                    "E",
+                    parity,
                 )
             )
             return
@@ -210,18 +215,24 @@ def snippet(result: ScanResult, tcp: TcpBus | None, port: str | None) -> str:
                 f'[[buses]]\nid = "tcp"\ntype = "tcp"\nhost = "{tcp.host}"\nport = {tcp.port}\n'
             )
             continue
-        bus_id = f"rs485-{baudrate}{(parity or '').lower()}" if bus_ids else "rs485"
         if bus_ids:
-            out.append(
-                "# Another line setting on the same port: re-configure these meters to share one."
-            )
-        bus_ids[(baudrate, parity)] = bus_id
+            # One port is one bus: meters found at another setting must be re-configured.
+            bus_ids[(baudrate, parity)] = ""
+            continue
+        bus_ids[(baudrate, parity)] = "rs485"
         out.append(
-            f'[[buses]]\nid = "{bus_id}"\ntype = "rtu"\nport = "{port}"\n'
+            f'[[buses]]\nid = "rs485"\ntype = "rtu"\nport = "{port}"\n'
             f'baudrate = {baudrate}\nparity = "{parity}"\n'
         )
     for item in result.found:
         bus_id = bus_ids[(item.baudrate, item.parity)]
+        if not bus_id:
+            who = f"unit {item.unit}" if item.address is None else f"DL/T 645 meter {item.address}"
+            out.append(
+                f"# {who} answered at {item.baudrate} baud, parity {item.parity}, not at the line's "
+                "setting above: set the meter to the line's setting (one line, one setting), scan again"
+            )
+            continue
         if item.address is not None:
             out.append(
                 f'[[devices]]\nid = "dlt645-{item.address}"\nbus = "{bus_id}"\nprotocol = "dlt645"\n'
