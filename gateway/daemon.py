@@ -33,6 +33,9 @@ log = logging.getLogger("cgw.daemon")
 
 READINGS = "readings"
 STEP_S = 0.2
+# While envelopes are in flight, come back soon for their PUBACKs and refill the window: a backlog
+# drains at the window's pace, not at one window per STEP_S.
+DRAIN_STEP_S = 0.005
 STATUS_FILE_EVERY_S = 2.0
 
 
@@ -228,7 +231,7 @@ class Daemon:
         return 0
 
     def step(self) -> None:
-        self._uncommitted.extend(self._collect(STEP_S))
+        self._uncommitted.extend(self._collect(DRAIN_STEP_S if self.uplink and self.uplink.inflight else STEP_S))
         now = time.monotonic()
         try:
             self._buffer_work(now)
