@@ -152,18 +152,32 @@ class Buffer:
         return self._counter(key)
 
     def commit(
-        self, stream: str, records: Sequence[bytes], state: Mapping[str, int] | None = None
+        self,
+        stream: str,
+        records: Sequence[bytes],
+        state: Mapping[str, int] | None = None,
+        seal_with: tuple[Signer, int] | None = None,
     ) -> bool:
         """Commit canonical records in one transaction, with `state` values that must be saved
         exactly when the records are (pulse totals). On a full disk neither is saved: the batch is
-        counted as dropped and False returned; polling goes on, and `make_room` frees space."""
+        counted as dropped and False returned; polling goes on, and `make_room` frees space.
+
+        With `seal_with` (signer, now_ms) and nothing pending, whole envelopes' worth of records
+        are sealed in the same transaction instead of passing through `pending`: half the writes
+        for large poll cycles. The rest waits in `pending` as usual."""
         if not records:
             return True
+        size = self.envelope_max_records
+        direct = len(records) // size * size if seal_with and self.pending_records == 0 else 0
+        sealed: list[Sealed] = []
         try:
             with self._transaction() as db:
+                if seal_with and direct:
+                    chunks = ((stream, list(records[i : i + size])) for i in range(0, direct, size))
+                    sealed = self._seal(db, chunks, *seal_with)
                 db.executemany(
                     "INSERT INTO pending (stream, record) VALUES (?, ?)",
-                    ((stream, r) for r in records),
+                    ((stream, r) for r in records[direct:]),
                 )
                 if state:
                     self._set_state(db, **state)
@@ -179,7 +193,8 @@ class Buffer:
             return False
         for key, amount in unsaved.items():
             self._unsaved[key] -= amount
-        self.pending_records += len(records)
+        self._chain_to(sealed)
+        self.pending_records += len(records) - direct
         return True
 
     def make_room(self) -> int:
@@ -193,37 +208,54 @@ class Buffer:
 
     def seal_pending(self, signer: Signer, now_ms: int) -> list[Sealed]:
         """Seal every pending record into signed envelopes of at most `envelope_max_records`."""
-        sealed: list[Sealed] = []
         if self.pending_records == 0:
-            return sealed
-        seq, prev = self.last_seq, self.last_hash
-        sizes: list[int] = []
+            return []
         with self._transaction() as db:
             rows = db.execute("SELECT id, stream, record FROM pending ORDER BY id").fetchall()
-            for stream, records in _batches(rows, self.envelope_max_records):
-                sizes.append(len(records))
-                seq += 1
-                envelope = seal(
-                    signer,
-                    gateway=self.gateway,
-                    site=self.site,
-                    stream=stream,
-                    seq=seq,
-                    prev=prev,
-                    created_ms=now_ms,
-                    records=records,
-                )
-                prev = envelope.chain_hash
-                sealed.append(envelope)
-            db.executemany(
-                "INSERT INTO envelopes (seq, stream, created_ms, records, body) VALUES (?, ?, ?, ?, ?)",
-                ((e.seq, e.stream, now_ms, n, e.body) for e, n in zip(sealed, sizes, strict=True)),
-            )
+            sealed = self._seal(db, _batches(rows, self.envelope_max_records), signer, now_ms)
             db.execute("DELETE FROM pending WHERE id <= ?", (rows[-1][0],))
-            self._set_state(db, last_seq=seq, last_hash=prev)
-        self.last_seq, self.last_hash = seq, prev
+        self._chain_to(sealed)
         self.pending_records = 0
         return sealed
+
+    def _seal(
+        self,
+        db: sqlite3.Connection,
+        batches: Iterable[tuple[str, list[bytes]]],
+        signer: Signer,
+        now_ms: int,
+    ) -> list[Sealed]:
+        """Sign `batches` into envelopes continuing the chain, inside the caller's transaction."""
+        seq, prev = self.last_seq, self.last_hash
+        sealed: list[Sealed] = []
+        rows = []
+        for stream, records in batches:
+            seq += 1
+            envelope = seal(
+                signer,
+                gateway=self.gateway,
+                site=self.site,
+                stream=stream,
+                seq=seq,
+                prev=prev,
+                created_ms=now_ms,
+                records=records,
+            )
+            prev = envelope.chain_hash
+            sealed.append(envelope)
+            rows.append((seq, stream, now_ms, len(records), envelope.body))
+        db.executemany(
+            "INSERT INTO envelopes (seq, stream, created_ms, records, body) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        if sealed:
+            self._set_state(db, last_seq=seq, last_hash=prev)
+        return sealed
+
+    def _chain_to(self, sealed: list[Sealed]) -> None:
+        """After the transaction that stored `sealed` committed: they are the chain's end."""
+        if sealed:
+            self.last_seq, self.last_hash = sealed[-1].seq, sealed[-1].chain_hash
 
     def undelivered(self, after_seq: int, up_to_seq: int | None, limit: int) -> list[Outgoing]:
         """Undelivered envelopes with after_seq < seq <= up_to_seq (no upper bound if None)."""

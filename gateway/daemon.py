@@ -282,9 +282,11 @@ class Daemon:
         if not batch:
             return
         records = [canonical(s.record()) for s in batch]
-        if self.buffer.commit(READINGS, records, pulse_totals(batch)):
+        if self.buffer.commit(
+            READINGS, records, pulse_totals(batch), seal_with=(self.signer, now_ms())
+        ):
             self.committed_records += len(batch)
-            if self._pending_since is None:
+            if self._pending_since is None and self.buffer.pending_records:
                 self._pending_since = time.monotonic()
         else:
             self._disk_full()

@@ -42,11 +42,11 @@ def test_every_committed_reading_is_sealed_once_in_order(
         buffer = open_buffer()
         committed: list[int] = []
         for op, n in ops:
-            if op == "commit":
+            if op in ("commit", "commit_sealing"):
                 batch = list(range(len(committed), len(committed) + n))
-                assert buffer.commit(
-                    "readings", [canonical({"device": "m", "ts": i, "values": {}}) for i in batch]
-                )
+                records = [canonical({"device": "m", "ts": i, "values": {}}) for i in batch]
+                seal_with = (signer, 1) if op == "commit_sealing" else None
+                assert buffer.commit("readings", records, seal_with=seal_with)
                 committed += batch
             elif op == "seal":
                 buffer.seal_pending(signer, 1)
