@@ -2,8 +2,9 @@
 
 Product path, exactly as the daemon runs it: `canonical(snapshot.record())` for each snapshot,
 `Buffer.commit("readings", ..., seal_with=...)` once per poll-cycle batch (whole envelopes' worth
-are sealed in that transaction), and `Buffer.seal_pending` whenever a full envelope is pending. Baseline: the same record bytes inserted with plain
-sqlite3 `executemany` into a one-column table, one transaction per batch, same pragmas.
+are sealed in that transaction), and `Buffer.seal_pending` whenever a full envelope is pending.
+Baseline: the same record bytes inserted with plain sqlite3 `executemany` into a one-column
+table, one transaction per batch, same pragmas.
 """
 
 from __future__ import annotations

@@ -102,6 +102,9 @@ def test_prune_drops_delivered_first_then_oldest_undelivered_and_counts_it(tmp_p
         dropped > 0 and stats.dropped_envelopes == dropped and stats.dropped_records == dropped * 50
     )
     assert stats.used_bytes <= buffer.quota_bytes
+    count = "SELECT (SELECT count(*) FROM envelopes), (SELECT count(*) FROM bodies)"
+    envelopes, bodies = buffer.db.execute(count).fetchone()
+    assert envelopes == bodies  # a pruned or dropped envelope takes its body with it
     remaining = [o.seq for o in buffer.undelivered(0, None, 10_000)]
     assert remaining == list(range(remaining[0], buffer.last_seq + 1))  # the oldest went first
 
@@ -122,7 +125,7 @@ def test_tampering_with_the_database_is_detected(tmp_path: Path) -> None:
     buffer.commit("readings", records(6))
     buffer.seal_pending(signer, 1)
     buffer.db.execute(
-        "UPDATE envelopes SET body = replace(body, '\"active_power_w\":3', '\"active_power_w\":4') WHERE seq = 2"
+        "UPDATE bodies SET body = replace(body, '\"active_power_w\":3', '\"active_power_w\":4') WHERE seq = 2"
     )
     report = verify(buffer.envelopes(), {signer.kid: signer.public})
     assert [(p.seq, p.kind) for p in report.problems] == [(2, "bad_signature")]

@@ -15,7 +15,18 @@ from tests.support.gateway import DaemonProcess, Meter, write_config
 from tests.support.platform import wait_until
 from tests.support.serial_pair import serial_pair
 
-COMMANDS = ["run", "demo", "emulate", "status", "verify", "profiles", "plan", "read", "scan", "check"]
+COMMANDS = [
+    "run",
+    "demo",
+    "emulate",
+    "status",
+    "verify",
+    "profiles",
+    "plan",
+    "read",
+    "scan",
+    "check",
+]
 
 
 def cgw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -113,7 +124,7 @@ def test_emulated_meters_over_a_serial_line_status_and_verify(tmp_path: Path) ->
     # a capture of the published stream, one envelope per line, minus one envelope: a gap
     db = tmp_path / "data" / "buffer.db"
     with sqlite3.connect(db) as conn:
-        bodies = [bytes(b) for (b,) in conn.execute("SELECT body FROM envelopes ORDER BY seq")]
+        bodies = [bytes(b) for (b,) in conn.execute("SELECT body FROM bodies ORDER BY seq")]
     capture = tmp_path / "capture.jsonl"
     capture.write_bytes(b"\n".join(bodies[:1] + bodies[2:]) + b"\n")
     public = tmp_path / "data" / "signing.pub"
@@ -124,7 +135,7 @@ def test_emulated_meters_over_a_serial_line_status_and_verify(tmp_path: Path) ->
     # tampering with the database: a changed value no longer verifies
     with sqlite3.connect(db) as conn:
         conn.execute(
-            "UPDATE envelopes SET body = CAST(replace(CAST(body AS TEXT), ?, ?) AS BLOB) WHERE seq = 2",
+            "UPDATE bodies SET body = CAST(replace(CAST(body AS TEXT), ?, ?) AS BLOB) WHERE seq = 2",
             ('"quality":"ok"', '"quality": "ok"'),
         )
     tampered = cgw("verify", "--config", str(config))

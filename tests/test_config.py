@@ -82,7 +82,11 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
             "unknown key",
         ),
         ("\n[mqtt]\nport = 'x'\n", "mqtt.port", "must be an integer"),
-        ('\n[[buses]]\nid = "b3"\ntype = "rtu"\nport = "/dev/ttyUSB0"\n', "buses[2].port", "one line is one bus"),
+        (
+            '\n[[buses]]\nid = "b3"\ntype = "rtu"\nport = "/dev/ttyUSB0"\n',
+            "buses[2].port",
+            "one line is one bus",
+        ),
         ("\n[mqtt]\nprotocol = '4'\n", "mqtt.protocol", "must be one of"),
         ("\n[buffer]\nquota_mb = 0\n", "buffer.quota_mb", "between"),
         (

@@ -79,7 +79,9 @@ def test_timeouts_adapt_to_a_meters_latency(server: EmulatorServer) -> None:
 
 def test_a_dead_meter_is_backed_off_and_costs_the_bus_little(server: EmulatorServer) -> None:
     server.meters[3].fault = "silent"
-    bus = TcpBus("bus", "127.0.0.1", server.serve_tcp(), timeout_s=0.3, backoff_after=3, backoff_max_s=1.0)
+    bus = TcpBus(
+        "bus", "127.0.0.1", server.serve_tcp(), timeout_s=0.3, backoff_after=3, backoff_max_s=1.0
+    )
     poller, snapshots = run(bus, [device("alive", 1, 0.1), device("dead", 3, 0.1)], 4.0)
     dead = [s for s in snapshots if s.device == "dead"]
     alive = [s for s in snapshots if s.device == "alive"]

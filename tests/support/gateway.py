@@ -34,6 +34,7 @@ def write_config(
     seal_interval_s: float = 0.3,
     mqtt_extra: str = "",
     buffer_extra: str = "",
+    envelope_max_records: int = 50,
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if serial_port is not None:
@@ -54,7 +55,7 @@ def write_config(
     text = (
         f'[gateway]\nid = "gw-test"\nsite = "lab"\ndata_dir = "data"\nruntime_dir = "run"\n\n'
         f"[buffer]\ncommit_interval_s = 0.2\nseal_interval_s = {seal_interval_s}\n"
-        f"envelope_max_records = 50\n{buffer_extra}\n\n"
+        f"envelope_max_records = {envelope_max_records}\n{buffer_extra}\n\n"
         f"{mqtt}\n{bus}\n{devices}"
     )
     path = folder / "gateway.toml"
@@ -160,7 +161,7 @@ def committed_records(db: Path) -> list[dict[str, Any]]:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         sealed = [
             r
-            for (body,) in conn.execute("SELECT body FROM envelopes ORDER BY seq")
+            for (body,) in conn.execute("SELECT body FROM bodies ORDER BY seq")
             for r in json.loads(body)["records"]
         ]
         pending = [json.loads(r) for (r,) in conn.execute("SELECT record FROM pending ORDER BY id")]
