@@ -7,6 +7,7 @@ from drivers.emulation.meter import EmulatedMeter
 from drivers.emulation.server import EmulatorServer
 from drivers.profile import load_shipped_profile
 from gateway.localbroker import LocalBroker
+from tests.support.gateway import STARTED
 
 
 @pytest.fixture
@@ -31,3 +32,14 @@ def emulator(meters: list[EmulatedMeter]) -> Iterator[EmulatorServer]:
     server = EmulatorServer(meters)
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_outlives_its_test() -> Iterator[None]:
+    """A test that fails half-way must not leave its daemon running (and holding ports)."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

@@ -63,6 +63,9 @@ def write_config(
     return path
 
 
+STARTED: list[subprocess.Popen[bytes]] = []  # every daemon a test started: killed after the test
+
+
 class DaemonProcess:
     def __init__(self, config: Path) -> None:
         self.config = config
@@ -80,6 +83,7 @@ class DaemonProcess:
                 stdout=log,
                 stderr=log,
             )
+        STARTED.append(self.process)
         return self
 
     def wait_running(self, timeout_s: float = 30) -> DaemonProcess:
