@@ -171,7 +171,7 @@ class ModbusBus:
                 NO_CONNECTION, f"cannot connect to {self.where}: {self._client.connect_error}"
             )
         assert isinstance(self.bus, SerialBus)
-        raise _Failure(NO_CONNECTION, _serial_open_error(self.bus.port))
+        raise _Failure(NO_CONNECTION, serial_open_error(self.bus.port))
 
     def _enable_rs485(self, bus: SerialBus) -> None:
         """Let the kernel drive RTS for the transceiver's direction (Raspberry Pi RS-485 HATs)."""
@@ -295,7 +295,7 @@ class ModbusBus:
             )
 
 
-def _serial_open_error(port: str) -> str:
+def serial_open_error(port: str) -> str:
     if "://" in port:
         return f"cannot open serial port {port}"
     try:

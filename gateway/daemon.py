@@ -231,7 +231,9 @@ class Daemon:
         return 0
 
     def step(self) -> None:
-        self._uncommitted.extend(self._collect(DRAIN_STEP_S if self.uplink and self.uplink.inflight else STEP_S))
+        self._uncommitted.extend(
+            self._collect(DRAIN_STEP_S if self.uplink and self.uplink.inflight else STEP_S)
+        )
         now = time.monotonic()
         try:
             self._buffer_work(now)

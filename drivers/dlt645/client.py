@@ -30,7 +30,7 @@ from drivers.dlt645.frame import (
     read_request,
 )
 from drivers.dlt645.identifiers import Dlt645Device, Identifier, identifiers
-from drivers.modbus import _serial_open_error, now_ms
+from drivers.modbus import now_ms, serial_open_error
 from drivers.snapshot import (
     EXCEPTION,
     FLAG_INVALID,
@@ -262,7 +262,7 @@ class Dlt645Bus:
             link = self._link()
         except OSError:
             return Snapshot(
-                device.id, now_ms(), NO_CONNECTION, error=_serial_open_error(self.bus.port)
+                device.id, now_ms(), NO_CONNECTION, error=serial_open_error(self.bus.port)
             )
         try:
             snapshot = link.read_device(device.id, device.address, device.identifiers)
