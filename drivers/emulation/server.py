@@ -19,6 +19,7 @@ import os
 import select
 import socket
 import struct
+import termios
 import threading
 import time
 import tty
@@ -471,7 +472,8 @@ class EmulatorServer:
                     reply = self._reply(unit, pdu) if unit else None
                     if reply is not None and reply.pdu is not None:
                         self._deliver(channel, _rtu_wire(unit, reply), reply.delay_s, pacer)
-        except (OSError, serial.SerialException) as exc:
+        except (OSError, serial.SerialException, termios.error) as exc:
+            # termios.error: the line vanished under an open port (adapter unplugged, socat gone)
             if not self._stop.is_set():
                 log.error("emulator on %s stopped: %s", channel.name, exc)
                 self.failures.append(f"{channel.name}: {exc}")
