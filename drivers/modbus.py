@@ -25,16 +25,12 @@ from drivers.codec import decode
 from drivers.plan import ReadRequest, plan_profile
 from drivers.snapshot import (
     EXCEPTION,
-    FLAG_INVALID,
-    FLAG_OUT_OF_RANGE,
     INVALID_RESPONSE,
     NO_CONNECTION,
-    OK,
-    OUT_OF_RANGE,
     TIMEOUT,
     Snapshot,
+    judged,
 )
-from drivers.vocabulary import vocabulary
 from gateway.config import Bus, Device, SerialBus
 
 EXCEPTION_NAMES = {
@@ -311,18 +307,12 @@ def serial_open_error(port: str) -> str:
 
 
 def _snapshot(device_id: str, ts_ms: int, answers: list[tuple[ReadRequest, list[int]]]) -> Snapshot:
-    known = vocabulary()
-    values: dict[str, float] = {}
-    flags: dict[str, str] = {}
-    for request, words in answers:
-        for register in request.registers:
-            start = register.address - request.address
-            value = decode(register, words[start : start + register.words])
-            if value is None:
-                flags[register.quantity] = FLAG_INVALID
-                continue
-            values[register.quantity] = value
-            if not known[register.quantity].plausible(value):
-                flags[register.quantity] = FLAG_OUT_OF_RANGE
-    quality = OUT_OF_RANGE if flags else OK
-    return Snapshot(device_id, ts_ms, quality, values=values, flags=flags)
+    return judged(
+        device_id,
+        ts_ms,
+        (
+            (r.quantity, decode(r, words[r.address - request.address :][: r.words]))
+            for request, words in answers
+            for r in request.registers
+        ),
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from drivers.vocabulary import vocabulary
 
 # Record-level quality. `ok` and `out_of_range` carry values; the others carry an `error` instead.
 OK = "ok"
@@ -40,3 +43,20 @@ class Snapshot:
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+def judged(device: str, ts_ms: int, decoded: Iterable[tuple[str, float | None]]) -> Snapshot:
+    """A snapshot of decoded values: None (the meter marked it invalid) is flagged `invalid` and
+    left out; a value outside its quantity's plausible range is kept and flagged `out_of_range`."""
+    known = vocabulary()
+    values: dict[str, float] = {}
+    flags: dict[str, str] = {}
+    for quantity, value in decoded:
+        if value is None:
+            flags[quantity] = FLAG_INVALID
+            continue
+        values[quantity] = value
+        definition = known.get(quantity)
+        if definition is not None and not definition.plausible(value):
+            flags[quantity] = FLAG_OUT_OF_RANGE
+    return Snapshot(device, ts_ms, OUT_OF_RANGE if flags else OK, values=values, flags=flags)

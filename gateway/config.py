@@ -95,9 +95,18 @@ class SerialBus(BusScheduling):
         return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
 
     @property
+    def character_s(self) -> float:
+        return self.character_bits / self.baudrate
+
+    @property
     def silent_interval_s(self) -> float:
         """Modbus t3.5: 3.5 character times, fixed at 1.75 ms above 19200 baud (FACTS.md 6)."""
-        return 3.5 * self.character_bits / self.baudrate if self.baudrate <= 19200 else 0.00175
+        return 3.5 * self.character_s if self.baudrate <= 19200 else 0.00175
+
+    def read_wire_s(self, registers: int) -> float:
+        """The least bus time of one FC03/FC04 read of `registers` (FACTS.md 6): the 8-byte
+        request and the (5 + 2n)-byte answer, each followed by t3.5 of silence."""
+        return (8 + 5 + 2 * registers) * self.character_s + 2 * self.silent_interval_s
 
 
 @dataclass(frozen=True)

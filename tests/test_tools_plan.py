@@ -12,12 +12,12 @@ import pytest
 from drivers.dlt645.identifiers import Dlt645Device
 from drivers.profile import load_shipped_profile
 from gateway.config import Device, SerialBus, TcpBus
-from gateway.tools.plan import dlt645_plan, modbus_plan, rtu_wire_s
+from gateway.tools.plan import dlt645_plan, modbus_plan
 
 
 def test_the_worked_example_of_facts_section_6() -> None:
     bus = SerialBus("b", "/dev/null", baudrate=9600, parity="E")
-    assert rtu_wire_s(bus, 60) * 1000 == pytest.approx(160.4, abs=0.05)
+    assert bus.read_wire_s(60) * 1000 == pytest.approx(160.4, abs=0.05)
 
 
 def test_sdm630_plan_counts_bytes_and_beats_one_request_per_quantity() -> None:

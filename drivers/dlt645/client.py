@@ -33,16 +33,12 @@ from drivers.dlt645.identifiers import Dlt645Device, Identifier, identifiers
 from drivers.modbus import now_ms, serial_open_error
 from drivers.snapshot import (
     EXCEPTION,
-    FLAG_INVALID,
-    FLAG_OUT_OF_RANGE,
     INVALID_RESPONSE,
     NO_CONNECTION,
-    OK,
-    OUT_OF_RANGE,
     TIMEOUT,
     Snapshot,
+    judged,
 )
-from drivers.vocabulary import vocabulary
 from gateway.config import SerialBus
 
 log = logging.getLogger("cgw.dlt645")
@@ -228,19 +224,7 @@ class Dlt645Link:
 
 
 def _snapshot(device_id: str, ts_ms: int, answers: list[tuple[Identifier, bytes]]) -> Snapshot:
-    known = vocabulary()
-    values: dict[str, float] = {}
-    flags: dict[str, str] = {}
-    for identifier, data in answers:
-        value = identifier.decode(data)
-        if value is None:
-            flags[identifier.quantity] = FLAG_INVALID
-            continue
-        values[identifier.quantity] = value
-        definition = known.get(identifier.quantity)
-        if definition is not None and not definition.plausible(value):
-            flags[identifier.quantity] = FLAG_OUT_OF_RANGE
-    return Snapshot(device_id, ts_ms, OUT_OF_RANGE if flags else OK, values=values, flags=flags)
+    return judged(device_id, ts_ms, ((i.quantity, i.decode(data)) for i, data in answers))
 
 
 class Dlt645Bus:

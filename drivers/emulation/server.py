@@ -32,6 +32,7 @@ import serial
 
 from drivers.dlt645.frame import PREAMBLE_BYTE, START, Found, Frame, Incomplete, parse_at
 from drivers.emulation.meter import EmulatedMeter, Reply
+from gateway.config import SerialBus
 
 if TYPE_CHECKING:  # drivers.dlt645.emulation imports this package's load model
     from drivers.dlt645.emulation import EmulatedDlt645Meter
@@ -42,7 +43,6 @@ _IDLE_S = 0.2  # how often idle threads look at the stop flag
 _GAP_S = 0.05  # silence that ends a frame on a serial line (generous: USB adapters batch bytes)
 _MAX_RTU = 256  # longest RTU frame
 _PACE_STEP_S = 0.001  # a baud-accurate line hands over its bytes in pieces this far apart
-_FAST_SILENCE_S = 0.00175  # t3.5 above 19200 baud (FACTS.md 6)
 
 
 class _Wait:
@@ -176,28 +176,29 @@ def _crc_at(buf: bytearray, length: int) -> int:
 
 @dataclass(frozen=True)
 class LineTiming:
-    """How long things take on a serial line: one character, and the t3.5 silence that ends a
-    frame (fixed at 1.75 ms above 19200 baud)."""
+    """How long things take on a serial line with these settings (FACTS.md 6)."""
 
-    character_s: float
-    silence_s: float
+    line: SerialBus
 
     @classmethod
     def of(
         cls, baudrate: int, parity: str = "N", stopbits: int = 1, bytesize: int = 8
     ) -> LineTiming:
-        bits = 1 + bytesize + (0 if parity == "N" else 1) + stopbits
-        character_s = bits / baudrate
-        silence_s = 3.5 * character_s if baudrate <= 19200 else _FAST_SILENCE_S
-        return cls(character_s, silence_s)
+        return cls(SerialBus("line", "", baudrate, parity, bytesize, stopbits))
+
+    @property
+    def character_s(self) -> float:
+        return self.line.character_s
+
+    @property
+    def silence_s(self) -> float:
+        return self.line.silent_interval_s
 
     def wire_s(self, length: int) -> float:
         return length * self.character_s
 
     def read_transaction_s(self, registers: int) -> float:
-        """The least bus time of an FC03/FC04 read of `registers` registers (FACTS.md 6): the
-        8-byte request, the (5 + 2n)-byte answer and a t3.5 silence after each."""
-        return self.wire_s(8 + 5 + 2 * registers) + 2 * self.silence_s
+        return self.line.read_wire_s(registers)
 
 
 class _Pacer:

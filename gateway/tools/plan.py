@@ -75,21 +75,11 @@ def line_settings(bus: SerialBus) -> str:
     return f"{bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}"
 
 
-def character_s(bus: SerialBus) -> float:
-    return bus.character_bits / bus.baudrate
-
-
-def rtu_wire_s(bus: SerialBus, registers: int) -> float:
-    """Minimum time one FC03/FC04 read of `registers` occupies the line (FACTS.md §6)."""
-    characters = RTU_REQUEST_BYTES + RTU_ANSWER_OVERHEAD + 2 * registers
-    return characters * character_s(bus) + 2 * bus.silent_interval_s
-
-
 def _request_line(bus: Bus, request: ReadRequest) -> RequestLine:
     answer = 2 + 2 * request.count  # function, byte count, data
     if isinstance(bus, SerialBus):
         out, back = RTU_REQUEST_BYTES, RTU_ANSWER_OVERHEAD + 2 * request.count
-        wire_ms: float | None = round(rtu_wire_s(bus, request.count) * 1000, 1)
+        wire_ms: float | None = round(bus.read_wire_s(request.count) * 1000, 1)
     else:
         out, back, wire_ms = MBAP_HEADER_BYTES + 5, MBAP_HEADER_BYTES + answer, None
     return RequestLine(
@@ -109,7 +99,7 @@ def modbus_plan(device: Device, bus: Bus) -> ModbusPlan:
     if isinstance(bus, SerialBus):
         line = line_settings(bus)
         total: float | None = round(sum(r.wire_ms or 0.0 for r in requests), 1)
-        single: float | None = round(sum(rtu_wire_s(bus, r.words) for r in registers) * 1000, 1)
+        single: float | None = round(sum(bus.read_wire_s(r.words) for r in registers) * 1000, 1)
     else:
         line, total, single = f"tcp {bus.host}:{bus.port}", None, None
     return ModbusPlan(device.id, bus.id, line, requests, total, len(registers), single)
@@ -122,7 +112,7 @@ def dlt645_plan(device: Dlt645Device, bus: SerialBus) -> Dlt645Plan:
     for di in device.identifiers:
         out = DEFAULT_PREAMBLE + frame
         back = DEFAULT_PREAMBLE + frame + known[di].length  # many meters send the preamble too
-        wire_ms = round((out + back) * character_s(bus) * 1000, 1)
+        wire_ms = round((out + back) * bus.character_s * 1000, 1)
         lines.append(Dlt645Line(di, known[di].quantity, out, back, wire_ms))
     total = round(sum(line.wire_ms for line in lines), 1)
     return Dlt645Plan(device.id, bus.id, device.address, line_settings(bus), tuple(lines), total)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from drivers.dlt645.client import Dlt645Bus, Dlt645ErrorReply, Dlt645InvalidReply, Dlt645Timeout
 from gateway.config import Bus, SerialBus, TcpBus
 from gateway.tools.identify import identify
-from gateway.tools.plan import line_settings, rtu_wire_s
+from gateway.tools.plan import line_settings
 from gateway.tools.port import ToolError, busy_message, port_holders
 from gateway.tools.probe import PortUnavailable, RawModbus
 from gateway.tools.text import Progress, table
@@ -67,7 +67,7 @@ def parse_list(text: str, option: str, allowed: tuple[str, ...] | None = None) -
 
 def _probe_timeout(bus: Bus, timeout_s: float) -> float:
     """The wait for one probe: the caller's budget plus the probe's own time on the wire."""
-    return timeout_s + (rtu_wire_s(bus, PROBE[2]) if isinstance(bus, SerialBus) else 0.0)
+    return timeout_s + (bus.read_wire_s(PROBE[2]) if isinstance(bus, SerialBus) else 0.0)
 
 
 class Scanner:
