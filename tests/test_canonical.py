@@ -6,7 +6,7 @@ import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
-from buffer.canonical import Raw, canonical, format_number
+from buffer.canonical import Raw, _number_object, canonical, format_number
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 json_values = st.recursive(
@@ -26,6 +26,46 @@ def test_numbers_match_ecmascript_formatting(value: float) -> None:
 @given(json_values)
 def test_any_json_value_matches_rfc8785(value: object) -> None:
     assert canonical(value) == rfc8785.dumps(value)
+
+
+plain_keys = st.from_regex(r"[A-Za-z0-9_]{1,12}", fullmatch=True)
+edge_floats = st.sampled_from([0.0, -0.0, 1e16, -1e16, 1e21, 1e-5, 1e-6, 1e-7, 5e-324, 123.0, -0.5])
+
+
+@given(
+    st.tuples(plain_keys, finite | edge_floats),
+    st.dictionaries(
+        plain_keys,
+        finite | edge_floats | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1),
+        max_size=16,
+    ),
+)
+def test_number_objects_match_rfc8785(first: tuple[str, float], rest: dict[str, object]) -> None:
+    value = {first[0]: first[1], **{k: v for k, v in rest.items() if k != first[0]}}
+    assert canonical(value) == rfc8785.dumps(value)
+
+
+def test_number_objects_take_the_fast_path_and_hand_back_what_it_cannot_write() -> None:
+    assert _number_object({"voltage_l1_v": 230.1, "frequency_hz": 50.0}) == (
+        '{"frequency_hz":50,"voltage_l1_v":230.1}'
+    )
+    for other in (
+        {"a": 1.5, "b": "x"},
+        {"a": 1.5, "b": [1.0]},
+        {"a": 1.5, "b": None},
+        {"a": 1.5, "b": {"c": 1.0}},
+        {"a": -0.0},
+        {"a": 1e16},
+        {"a": 1e-7},
+        {"a": math.nan},
+        {"a": 1e308, "b": 1e308},
+    ):
+        assert _number_object(other) is None, other
+    try:
+        canonical({"a": 1.5, "b": math.nan})
+    except ValueError:
+        return
+    raise AssertionError("NaN in an object of numbers was accepted")
 
 
 def test_keys_sort_by_utf16_code_units_not_code_points() -> None:
