@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +204,27 @@ class Buffer:
             self._unsaved[key] -= amount
         self._chain_to(sealed)
         self.pending_records += len(records) - direct
+        return True
+
+    def commit_with(
+        self, work: Callable[[sqlite3.Connection], Mapping[str, Sequence[bytes]]]
+    ) -> bool:
+        """Run `work` in a transaction and commit the records it returns (stream -> records) in
+        the same one: derived results and the state they were derived from are saved together or
+        not at all. On a full disk nothing is saved and False is returned."""
+        try:
+            with self._transaction() as db:
+                streams = work(db)
+                db.executemany(
+                    "INSERT INTO pending (stream, record) VALUES (?, ?)",
+                    ((stream, r) for stream, records in streams.items() for r in records),
+                )
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._unsaved["failed_commits"] += 1
+            return False
+        self.pending_records += sum(len(records) for records in streams.values())
         return True
 
     def make_room(self) -> int:

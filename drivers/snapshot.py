@@ -29,6 +29,7 @@ class Snapshot:
     values: dict[str, float] = field(default_factory=dict)
     flags: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    clock_unsynced: bool = False  # taken before the wall clock was synchronised
 
     def record(self) -> dict[str, object]:
         """The record as the MQTT contract publishes it (docs/CONTRACT.md)."""
@@ -42,6 +43,8 @@ class Snapshot:
             out["flags"] = self.flags
         if self.error is not None:
             out["error"] = self.error
+        if self.clock_unsynced:
+            out["clock"] = "unsynced"
         return out
 
 

@@ -6,31 +6,22 @@ without reading code. The loader returns frozen dataclasses; nothing else reads 
 
 from __future__ import annotations
 
-import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from drivers.dlt645.frame import normalise_address
 from drivers.dlt645.identifiers import DEFAULT_IDENTIFIERS, Dlt645Device
 from drivers.dlt645.identifiers import identifiers as dlt645_identifiers
 from drivers.profile import Profile, ProfileError, load_shipped_profile, profile_from_mapping
 from drivers.vocabulary import vocabulary
+from gateway.accounting.settings import AccountingConfig, Source, parse_accounting
+from gateway.tomltable import MISSING, ConfigError, Table, array
 
 DEFAULT_PATH = Path("/etc/cgw/gateway.toml")
-# Topic-safe identifiers: no MQTT wildcards, no level separators, nothing a shell would mangle.
-IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class ConfigError(Exception):
-    def __init__(self, path: str, key: str, message: str) -> None:
-        super().__init__(f"{path}: {key}: {message}" if key else f"{path}: {message}")
-        self.path = path
-        self.key = key
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -178,6 +169,7 @@ class Config:
     devices: tuple[AnyDevice, ...]
     profiles: Mapping[str, Profile] = field(default_factory=dict)
     pulse_inputs: tuple[PulseInput, ...] = ()
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
 
     @property
     def topic_base(self) -> str:
@@ -187,92 +179,13 @@ class Config:
         return next(b for b in self.buses if b.id == bus_id)
 
 
-T = TypeVar("T")
-_MISSING = object()
-
-
-class _Table:
-    """A TOML table being read, with its key path for error messages."""
-
-    def __init__(self, path: str, key: str, data: Any) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(path, key, "must be a table")
-        self.path, self.key, self.data = path, key, data
-        self.read: set[str] = set()
-
-    def at(self, name: str) -> str:
-        return f"{self.key}.{name}" if self.key else name
-
-    def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.path, self.at(name), message)
-
-    def get(self, name: str, kind: type[T] | tuple[type, ...], default: Any = _MISSING) -> Any:
-        self.read.add(name)
-        if name not in self.data:
-            if default is _MISSING:
-                raise self.error(name, "is required")
-            return default
-        value = self.data[name]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.error(name, f"must be {_describe(kinds)}, not {value!r}")
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kinds):
-            raise self.error(name, f"must be {_describe(kinds)}, not {value!r}")
-        return value
-
-    def number(self, name: str, default: float, low: float, high: float) -> float:
-        value = float(self.get(name, float, default))
-        if not low <= value <= high:
-            raise self.error(name, f"must be between {low:g} and {high:g}, not {value:g}")
-        return value
-
-    def integer(self, name: str, default: Any, low: int, high: int) -> int:
-        value = int(self.get(name, int, default))
-        if not low <= value <= high:
-            raise self.error(name, f"must be between {low} and {high}, not {value}")
-        return value
-
-    def choice(self, name: str, choices: tuple[Any, ...], default: Any = _MISSING) -> Any:
-        value = self.get(name, (str, int), default)
-        if value not in choices:
-            listed = ", ".join(repr(c) for c in choices)
-            raise self.error(name, f"must be one of {listed}, not {value!r}")
-        return value
-
-    def identifier(self, name: str, default: Any = _MISSING) -> str:
-        value = self.get(name, str, default)
-        if not IDENTIFIER.match(value):
-            raise self.error(
-                name,
-                f"{value!r} is not a valid identifier (letters, digits, '.', '_', '-'; "
-                "at most 64; no spaces, '/', '+' or '#')",
-            )
-        return str(value)
-
-    def table(self, name: str) -> _Table:
-        self.read.add(name)
-        return _Table(self.path, self.at(name), self.data.get(name, {}))
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.read)
-        if unknown:
-            raise self.error(unknown[0], "unknown key (misspelt?)")
-
-
-def _describe(kinds: tuple[type, ...]) -> str:
-    names = {bool: "true or false", str: "a string", int: "an integer", float: "a number"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _path(table: _Table, name: str, default: Any = _MISSING, base: Path | None = None) -> Path:
+def _path(table: Table, name: str, default: Any = MISSING, base: Path | None = None) -> Path:
     value = table.get(name, str, default)
     path = Path(value)
     return path if path.is_absolute() or base is None else base / path
 
 
-def _mqtt(table: _Table, gateway_id: str, base: Path) -> MqttConfig:
+def _mqtt(table: Table, gateway_id: str, base: Path) -> MqttConfig:
     tls = None
     if "tls" in table.data:
         t = table.table("tls")
@@ -328,7 +241,7 @@ def _mqtt(table: _Table, gateway_id: str, base: Path) -> MqttConfig:
     return mqtt
 
 
-def _buffer(table: _Table) -> BufferConfig:
+def _buffer(table: Table) -> BufferConfig:
     buffer = BufferConfig(
         commit_interval_s=table.number("commit_interval_s", 1.0, 0.05, 60),
         seal_interval_s=table.number("seal_interval_s", 5.0, 0.05, 60),
@@ -341,7 +254,7 @@ def _buffer(table: _Table) -> BufferConfig:
     return buffer
 
 
-def _bus(table: _Table) -> Bus:
+def _bus(table: Table) -> Bus:
     bus_id = table.identifier("id")
     kind = table.choice("type", ("rtu", "tcp"))
     backoff_after = table.integer("backoff_after", 3, 1, 1000)
@@ -377,7 +290,7 @@ def _bus(table: _Table) -> Bus:
     return bus
 
 
-def _dlt645_device(table: _Table, device_id: str, bus_id: str, bus: Bus) -> Dlt645Device:
+def _dlt645_device(table: Table, device_id: str, bus_id: str, bus: Bus) -> Dlt645Device:
     if not isinstance(bus, SerialBus):
         raise table.error("protocol", 'DL/T 645 meters sit on a serial bus (type = "rtu")')
     address = table.get("address", str)
@@ -403,7 +316,7 @@ def _dlt645_device(table: _Table, device_id: str, bus_id: str, bus: Bus) -> Dlt6
     return device
 
 
-def _device(table: _Table, buses: Mapping[str, Bus], profiles: Mapping[str, Profile]) -> AnyDevice:
+def _device(table: Table, buses: Mapping[str, Bus], profiles: Mapping[str, Profile]) -> AnyDevice:
     device_id = table.identifier("id")
     bus_id = table.get("bus", str)
     if bus_id not in buses:
@@ -412,7 +325,7 @@ def _device(table: _Table, buses: Mapping[str, Bus], profiles: Mapping[str, Prof
     if table.choice("protocol", ("modbus", "dlt645"), "modbus") == "dlt645":
         return _dlt645_device(table, device_id, bus_id, buses[bus_id])
     high = 247 if isinstance(buses[bus_id], SerialBus) else 255
-    unit = table.integer("unit", _MISSING, 0 if high == 255 else 1, high)
+    unit = table.integer("unit", MISSING, 0 if high == 255 else 1, high)
     profile_name = table.get("profile", str)
     profile = profiles.get(profile_name)
     if profile is None:
@@ -443,7 +356,7 @@ def _device(table: _Table, buses: Mapping[str, Bus], profiles: Mapping[str, Prof
     return device
 
 
-def _pulse_input(table: _Table) -> PulseInput:
+def _pulse_input(table: Table) -> PulseInput:
     input_id = table.identifier("id")
     source = table.choice("source", ("gpio", "emulated"), "gpio")
     quantity = table.get("quantity", str)
@@ -467,7 +380,7 @@ def _pulse_input(table: _Table) -> PulseInput:
         pulses_per_unit=pulses_per_unit,
         source=source,
         chip=table.get("chip", str, "/dev/gpiochip0"),
-        line=table.integer("line", _MISSING if source == "gpio" else 0, 0, 1023),
+        line=table.integer("line", MISSING if source == "gpio" else 0, 0, 1023),
         edge=table.choice("edge", PULSE_EDGES, "falling"),
         bias=table.choice("bias", PULSE_BIASES, "pull_up"),
         debounce_s=table.number("debounce_ms", 20.0, 0, 1000) / 1000,
@@ -479,15 +392,7 @@ def _pulse_input(table: _Table) -> PulseInput:
     return pulse_input
 
 
-def _array(root: _Table, name: str) -> list[_Table]:
-    root.read.add(name)
-    items = root.data.get(name, [])
-    if not isinstance(items, list):
-        raise root.error(name, f"must be an array of tables ([[{name}]])")
-    return [_Table(root.path, f"{name}[{i}]", item) for i, item in enumerate(items)]
-
-
-def _unique(tables: list[_Table], items: list[Any], what: str) -> None:
+def _unique(tables: list[Table], items: list[Any], what: str) -> None:
     seen: set[str] = set()
     for table, item in zip(tables, items, strict=True):
         if item.id in seen:
@@ -495,7 +400,7 @@ def _unique(tables: list[_Table], items: list[Any], what: str) -> None:
         seen.add(item.id)
 
 
-def _one_bus_per_line(tables: list[_Table], buses: list[Bus]) -> None:
+def _one_bus_per_line(tables: list[Table], buses: list[Bus]) -> None:
     """Two buses on one serial port would poll it from two threads at once: frames would collide."""
     owners: dict[str, str] = {}
     for table, bus in zip(tables, buses, strict=True):
@@ -510,11 +415,18 @@ def _one_bus_per_line(tables: list[_Table], buses: list[Bus]) -> None:
         owners[bus.port] = bus.id
 
 
+def _sources(devices: list[AnyDevice], pulse_inputs: list[PulseInput]) -> dict[str, Source]:
+    sources = {d.id: Source(tuple(d.quantity_units()), d.interval_s) for d in devices}
+    for p in pulse_inputs:
+        sources[p.id] = Source((p.quantity,), p.interval_s, p.pulses_per_unit)
+    return sources
+
+
 def parse(data: Mapping[str, Any], path: str | Path) -> Config:
     """Validate parsed TOML. Relative paths are taken from the config file's folder."""
     path = Path(path)
     base = path.parent.resolve()
-    root = _Table(str(path), "", data)
+    root = Table(str(path), "", data)
     gw = root.table("gateway")
     gateway_id = gw.identifier("id")
     site = gw.identifier("site")
@@ -539,15 +451,15 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
         except ProfileError as exc:
             raise ConfigError(str(path), f"profiles.{name}.{exc.key}", exc.message) from None
 
-    bus_tables = _array(root, "buses")
+    bus_tables = array(root, "buses")
     buses = [_bus(t) for t in bus_tables]
     _unique(bus_tables, buses, "bus")
     _one_bus_per_line(bus_tables, buses)
     by_id = {b.id: b for b in buses}
-    device_tables = _array(root, "devices")
+    device_tables = array(root, "devices")
     devices = [_device(t, by_id, profiles) for t in device_tables]
     _unique(device_tables, devices, "device")
-    pulse_tables = _array(root, "pulse_inputs")
+    pulse_tables = array(root, "pulse_inputs")
     pulse_inputs = [_pulse_input(t) for t in pulse_tables]
     _unique(pulse_tables, pulse_inputs, "pulse input")
     device_ids = {d.id for d in devices}
@@ -569,6 +481,7 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
         devices=tuple(devices),
         profiles=profiles,
         pulse_inputs=tuple(pulse_inputs),
+        accounting=parse_accounting(root, _sources(devices, pulse_inputs)),
     )
     root.done()
     return config

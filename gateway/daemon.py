@@ -24,6 +24,7 @@ from buffer.store import Buffer, is_disk_full
 from drivers.dlt645.identifiers import Dlt645Device
 from drivers.snapshot import Snapshot
 from gateway import __version__
+from gateway.accounting.service import Accounting
 from gateway.config import AnyDevice, Config, PulseInput
 from gateway.poller import BusPoller
 from gateway.pulse_poller import PulsePoller, PulseReading, state_key
@@ -87,6 +88,28 @@ def pulse_input_meta(pulse_input: PulseInput) -> dict[str, object]:
     }
 
 
+def accounting_meta(config: Config) -> dict[str, object]:
+    """What the platform needs to read the intervals stream: which meter is accounted as what."""
+    settings = config.accounting
+    return {
+        "interval_min": settings.interval_min,
+        "timezone": config.timezone,
+        "grid_factor": settings.grid_factor,
+        "meters": [
+            {
+                "device": m.device,
+                "quantity": m.quantity,
+                "role": m.role,
+                "carrier": m.carrier,
+                "scope": m.scope,
+                "unit": m.carrier_unit if m.carrier else "products",
+                "conversion": float(m.conversion),
+            }
+            for m in settings.meters
+        ],
+    }
+
+
 def pulse_totals(batch: list[Snapshot]) -> dict[str, int]:
     """The highest total each pulse input reached in a batch: saved with the batch's records."""
     totals: dict[str, int] = {}
@@ -115,6 +138,11 @@ class Daemon:
             PulsePoller(p, self.snapshots, self.buffer.state_int(state_key(p.id)))
             for p in config.pulse_inputs
         ]
+        self.accounting = (
+            Accounting(config.accounting, config.timezone, self.buffer.db)
+            if config.accounting.enabled
+            else None
+        )
         self.uplink = Uplink(config, self.meta, self.health) if config.mqtt.enabled else None
         self.stop_requested = threading.Event()
         self.started_ms = now_ms()
@@ -147,6 +175,7 @@ class Daemon:
             "envelope_max_records": self.config.buffer.envelope_max_records,
             "devices": [device_meta(d) for d in self.config.devices]
             + [pulse_input_meta(p) for p in self.config.pulse_inputs],
+            "accounting": accounting_meta(self.config),
         }
 
     def device_health(self) -> dict[str, dict[str, object]]:
@@ -168,6 +197,7 @@ class Daemon:
                 device_id: {k: h[k] for k in ("last_quality", "last_ok_ms", "consecutive_failures")}
                 for device_id, h in self.device_health().items()
             },
+            "accounting": self.accounting.status() if self.accounting else None,
         }
 
     def write_status_file(self, running: bool = True) -> None:
@@ -190,6 +220,7 @@ class Daemon:
             },
             "devices": self.device_health(),
             "buses": {p.bus.id: p.bus_health.as_dict() for p in self.pollers},
+            "accounting": self.accounting.status() if self.accounting else None,
         }
         directory = self.config.runtime_dir
         directory.mkdir(parents=True, exist_ok=True)
@@ -254,6 +285,8 @@ class Daemon:
         if self._uncommitted and now - self._last_commit >= self.config.buffer.commit_interval_s:
             self._last_commit = now
             self._commit()
+        if self.accounting and self.accounting.checkpoint_due(now, now_ms()):
+            self._checkpoint()
         if self._pending_since is not None and (
             now - self._pending_since >= self.config.buffer.seal_interval_s
             or self.buffer.pending_records >= self.config.buffer.envelope_max_records
@@ -283,6 +316,8 @@ class Daemon:
         batch, self._uncommitted = self._uncommitted, []
         if not batch:
             return
+        if self.accounting:
+            self.accounting.observe(batch)
         records = [canonical(s.record()) for s in batch]
         if self.buffer.commit(
             READINGS, records, pulse_totals(batch), seal_with=(self.signer, now_ms())
@@ -292,6 +327,15 @@ class Daemon:
                 self._pending_since = time.monotonic()
         else:
             self._disk_full()
+
+    def _checkpoint(self) -> None:
+        """Save the ledger; results of closed or revised intervals and alarms go in with it."""
+        accounting = self.accounting
+        assert accounting is not None
+        if not self.buffer.commit_with(lambda db: accounting.checkpoint(db, now_ms())):
+            self._disk_full()
+        elif self._pending_since is None and self.buffer.pending_records:
+            self._pending_since = time.monotonic()
 
     def _disk_full(self) -> None:
         """Polling goes on: what cannot be stored is counted, and the oldest undelivered data
@@ -327,6 +371,8 @@ class Daemon:
             pulse_poller.join(timeout=2)
         self._uncommitted.extend(self._collect(0))
         self._commit()
+        if self.accounting:
+            self._checkpoint()
         if self.buffer.pending_records:
             self._seal()
         if self.uplink:

@@ -135,6 +135,7 @@ def render(status: dict[str, Any]) -> str:
     for bus_id, bus in sorted(daemon.get("buses", {}).items()):
         verdict = "keeps up" if bus["keeps_up"] else "CANNOT KEEP UP with its poll intervals"
         lines.append(f"bus {bus_id}: busy {bus['demand']:.0%} of the time, {verdict}")
+    lines += _accounting(daemon.get("accounting"))
     for device_id, health in sorted(daemon.get("devices", {}).items()):
         answer = (
             "ok"
@@ -150,3 +151,29 @@ def render(status: dict[str, Any]) -> str:
             line += f"  ({health['last_error']})"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _accounting(accounting: dict[str, Any] | None) -> list[str]:
+    if not accounting:
+        return []
+    lines = []
+    if not accounting["clock_synced"]:
+        lines.append(
+            f"clock: NOT synchronised yet: {accounting['held_readings']} readings held for "
+            "accounting until it is (check NTP)"
+        )
+    today = accounting.get("today") or {}
+    if today.get("expected"):
+        rate = today["rate"] or 0.0
+        verdict = "meets" if today["meets_required"] else "BELOW"
+        lines.append(
+            f"completeness {today['day']}: {today['received']} of {today['expected']} readings "
+            f"({rate:.1%}), {verdict} the 90 % upload rate"
+        )
+        for device, device_rate in sorted(today.get("devices", {}).items()):
+            if device_rate is not None and device_rate < 0.9:
+                lines.append(f"  {device}: {device_rate:.1%} of its readings today")
+    alarms = accounting.get("active_alarms", [])
+    lines.append(f"alarms: {len(alarms)} active" if alarms else "alarms: none active")
+    lines += (f"  {a['severity'].upper():<8} {a['message']}" for a in alarms)
+    return lines

@@ -32,6 +32,9 @@ def test_names_carry_their_unit_suffix() -> None:
         "Nm3/h": "_nm3h",
         "°C": "_c",
         "kPa": "_kpa",
+        "GJ": "_gj",
+        "L": "_l",
+        "kg": "_kg",
     }
     for name, q in vocabulary().items():
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name)

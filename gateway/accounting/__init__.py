@@ -1,0 +1,1 @@
+"""Edge accounting: energy, intervals, carbon, indicators and alarms computed on the gateway."""
