@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import bus, drain, ingest, memory
+from bench import accounting, bus, drain, ingest, memory
 from bench.common import (
     RESULTS_DIR,
     Report,
@@ -19,7 +19,7 @@ from bench.common import (
     write_results,
 )
 
-BENCHMARKS = ("ingest", "drain", "memory", "bus")
+BENCHMARKS = ("ingest", "accounting", "drain", "memory", "bus")
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,8 @@ def runner(name: str, sizes: Sizes, args: argparse.Namespace) -> Callable[[], Re
             sizes.daemon_inflights,
             directory=args.dir,
         )
+    if name == "accounting":
+        return lambda: accounting.run(sizes.snapshots, sizes.repeat, args.dir)
     if name == "bus":
         return lambda: bus.run(bus.QUICK if args.quick else bus.FULL)
     return lambda: memory.run(

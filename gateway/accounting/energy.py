@@ -74,6 +74,12 @@ def to_ticks(value: float) -> int:
     """A register value in its unit as ticks, exactly: 24852.49 -> 24852490000 (half-even)."""
     if not math.isfinite(value):
         raise ValueError(f"not a finite value: {value!r}")
+    # Fast path: below 1e9 the float product is within 0.25 tick of the exact one, so when it is
+    # within 1e-3 of a whole number no exact rounding can land elsewhere.
+    scaled = value * TICKS_PER_UNIT
+    nearest = round(scaled)
+    if abs(scaled - nearest) < 1e-3 and abs(value) < 1e9:
+        return nearest
     return round(Decimal(repr(value)) * TICKS_PER_UNIT)
 
 

@@ -109,6 +109,9 @@ class Channel:
         self, meter: MeterConfig, config: AccountingConfig, state: Mapping[str, object] | None
     ) -> None:
         self.meter = meter
+        self.key = meter.key
+        self.quantity = meter.quantity
+        self.pulses = meter.pulses_per_unit is not None
         saved = state or {}
         tracker_state = saved.get("tracker")
         self.tracker = _tracker(
@@ -120,36 +123,24 @@ class Channel:
     def state(self) -> dict[str, object]:
         return {"tracker": self.tracker.state(), "first_ms": self.first_ms}
 
-    def received(self, snapshot: Snapshot) -> bool:
-        """Whether the snapshot carries this meter's quantity (a usable reading)."""
-        if self.meter.pulses_per_unit is not None:
-            return isinstance(getattr(snapshot, "total", None), int)
-        quantity = self.meter.quantity
-        return quantity in snapshot.values and quantity not in snapshot.flags
-
-    def ticks_of(self, snapshot: Snapshot) -> int | None:
-        """The tracker's input from a snapshot: a counter in ticks, a pulse total, or watts."""
-        if self.meter.pulses_per_unit is not None:
+    def feed(self, snapshot: Snapshot) -> list[Segment] | None:
+        """The segments a snapshot closes; None when it has no usable reading for this meter
+        (not read, flagged invalid or out of range by the driver, or a negative counter)."""
+        if self.pulses:
             total = getattr(snapshot, "total", None)
-            return total if isinstance(total, int) else None
-        value = snapshot.values.get(self.meter.quantity)
-        if value is None or self.meter.quantity in snapshot.flags or value < 0:
-            return None  # not read, flagged by the driver, or garbage no counter can show
-        return to_ticks(value)
-
-    def feed(self, snapshot: Snapshot) -> list[Segment]:
-        if self.meter.source == "power":
-            value = snapshot.values.get(self.meter.quantity)
-            if value is None or self.meter.quantity in snapshot.flags:
-                return []
-            assert isinstance(self.tracker, PowerIntegrator)
-            segments = self.tracker.feed(snapshot.ts_ms, value)
+            if not isinstance(total, int):
+                return None
+            segments = self.tracker.feed(snapshot.ts_ms, total)
         else:
-            ticks = self.ticks_of(snapshot)
-            if ticks is None:
-                return []
-            assert isinstance(self.tracker, CounterTrack)
-            segments = self.tracker.feed(snapshot.ts_ms, ticks)
+            value = snapshot.values.get(self.quantity)
+            if value is None or self.quantity in snapshot.flags:
+                return None
+            if isinstance(self.tracker, PowerIntegrator):
+                segments = self.tracker.feed(snapshot.ts_ms, value)
+            elif value < 0:
+                return None  # garbage no counter can show
+            else:
+                segments = self.tracker.feed(snapshot.ts_ms, to_ticks(value))
         if self.first_ms is None:
             self.first_ms = snapshot.ts_ms
         return segments
@@ -192,13 +183,15 @@ class Ledger:
             if not channels:
                 continue
             for channel in channels:
-                if channel.received(snapshot):
-                    cell = self._cell_at(channel.meter.key, snapshot.ts_ms)
-                    cell.readings += 1
-                    if snapshot.clock_unsynced:
-                        cell.flags.add(FLAG_CLOCK_UNSYNCED)
-                for segment in channel.feed(snapshot):
-                    self._add(channel.meter, segment)
+                segments = channel.feed(snapshot)
+                if segments is None:
+                    continue
+                cell = self._cell_at(channel.key, snapshot.ts_ms)
+                cell.readings += 1
+                if snapshot.clock_unsynced:
+                    cell.flags.add(FLAG_CLOCK_UNSYNCED)
+                for segment in segments:
+                    self._add(channel, segment)
 
     def count_held(self, device: str, times: Iterable[int]) -> None:
         """Readings taken before the clock was right, at their corrected times: received."""
@@ -238,24 +231,24 @@ class Ledger:
             self.late.add(start)
         return cell
 
-    def _add(self, meter: MeterConfig, segment: Segment) -> None:
+    def _add(self, channel: Channel, segment: Segment) -> None:
         if segment.flags:
-            self.events.append((meter, segment))
-        current = self._current.get(meter.key)
+            self.events.append((channel.meter, segment))
+        current = self._current.get(channel.key)
         if (
             current is not None
             and current[0] < segment.end_ms <= current[1]
             and segment.start_ms >= current[0]
+            and not segment.flags
         ):
-            parts = [(current[0], segment.ticks, segment.held_out)]
-        else:
-            try:
-                parts = self.grid.apportion(segment)
-            except ValueError:  # years without a reading: no interval grid that long
-                start = self.grid.start(segment.end_ms - 1)
-                parts = [(start, segment.ticks, segment.held_out)]
+            current[2].ticks += segment.ticks
+            return
+        try:
+            parts = self.grid.apportion(segment)
+        except ValueError:  # years without a reading: no interval grid that long
+            parts = [(self.grid.start(segment.end_ms - 1), segment.ticks, segment.held_out)]
         for start, ticks, held_out in parts:
-            cell = self._cell(meter.key, start)
+            cell = self._cell(channel.key, start)
             cell.ticks += ticks
             cell.held_out += held_out
             cell.flags |= segment.flags
@@ -271,7 +264,7 @@ class Ledger:
             "readings = excluded.readings, flags = excluded.flags",
             (
                 (meter, start, c.ticks, c.held_out, c.readings, json.dumps(sorted(c.flags)))
-                for (meter, start), c in ((k, self.cells[k]) for k in sorted(self.dirty))
+                for (meter, start), c in ((k, self.cells[k]) for k in sorted(self._changed()))
             ),
         )
         horizon = self._horizon()
@@ -283,6 +276,11 @@ class Ledger:
         keep = {v[0] for v in self._current.values()}
         open_from = self.closed_until if self.closed_until is not None else 0
         self.cells = {k: c for k, c in self.cells.items() if k[1] >= open_from or k[1] in keep}
+
+    def _changed(self) -> set[tuple[str, int]]:
+        """Cells written since the last flush: the marked ones, and each meter's current cell
+        (readings go straight to it without marking)."""
+        return self.dirty | {(meter, current[0]) for meter, current in self._current.items()}
 
     def save_state(self, db: sqlite3.Connection, alarms_state: Mapping[str, object]) -> None:
         """The trackers, where closing has got to, and the alarms: with the cells they match."""
@@ -323,6 +321,8 @@ class Ledger:
                 period_start = self.grid.period_start(start, period)
                 if self.grid.period_end(period_start, period) == end:
                     due.add((period, period_start))
+        # Readings for a closed interval must go the slow way, which marks it late (revised).
+        self._current = {m: c for m, c in self._current.items() if c[0] >= self.closed_until}
         for start in self.late:
             if start >= earliest:
                 for period in PERIODS:
