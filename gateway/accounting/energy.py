@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 from fractions import Fraction
 
@@ -145,6 +145,16 @@ class CounterTrack:
         return replace(self._counts)
 
     def feed(self, ts_ms: int, ticks: int) -> list[Segment]:
+        base = self._base
+        if (  # the common case, decided without the judging below: a plain, timely rise
+            base is not None
+            and self._suspect is None
+            and self._rate is None
+            and ticks >= base[1]
+            and base[0] < ts_ms <= base[0] + self._gap_ms
+        ):
+            self._base = (ts_ms, ticks)
+            return [Segment(base[0], ts_ms, ticks - base[1])]
         if ticks < 0:
             raise ValueError(f"counter reading below zero: {ticks}")
         reading = (ts_ms, ticks)
@@ -220,7 +230,7 @@ class CounterTrack:
             "version": _STATE_VERSION,
             "baseline": list(self._base) if self._base is not None else [],
             "suspect": list(self._suspect) if self._suspect is not None else [],
-            **asdict(self._counts),
+            **vars(self._counts),
         }
 
     def _restore(self, state: Mapping[str, object]) -> None:

@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     ticks INTEGER NOT NULL,
     held_out INTEGER NOT NULL,
     readings INTEGER NOT NULL,
-    flags TEXT NOT NULL,
+    flags TEXT NOT NULL,  -- comma-separated
     PRIMARY KEY (meter, start_ms)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS published (
@@ -146,6 +146,11 @@ class Channel:
         return segments
 
 
+def _flags(text: str) -> set[str]:
+    """Flags as the ledger table keeps them: comma-separated (a group_concat of such, too)."""
+    return set(text.split(",")) - {""}
+
+
 class Ledger:
     def __init__(self, config: AccountingConfig, timezone: str, db: sqlite3.Connection) -> None:
         self.config = config
@@ -224,7 +229,7 @@ class Ledger:
                 "SELECT ticks, held_out, readings, flags FROM ledger WHERE meter = ? AND start_ms = ?",
                 key,
             ).fetchone()
-            cell = Cell(row[0], row[1], row[2], set(json.loads(row[3]))) if row else Cell()
+            cell = Cell(row[0], row[1], row[2], _flags(row[3])) if row else Cell()
             self.cells[key] = cell
         self.dirty.add(key)
         if self.closed_until is not None and start < self.closed_until:
@@ -263,7 +268,7 @@ class Ledger:
             "ticks = excluded.ticks, held_out = excluded.held_out, "
             "readings = excluded.readings, flags = excluded.flags",
             (
-                (meter, start, c.ticks, c.held_out, c.readings, json.dumps(sorted(c.flags)))
+                (meter, start, c.ticks, c.held_out, c.readings, ",".join(sorted(c.flags)))
                 for (meter, start), c in ((k, self.cells[k]) for k in sorted(self._changed()))
             ),
         )
@@ -336,14 +341,11 @@ class Ledger:
         """Each meter's totals over [start_ms, end_ms), from the table (flush first)."""
         totals: dict[str, Row] = {}
         for meter, ticks, held_out, readings, flags in db.execute(
-            "SELECT meter, sum(ticks), sum(held_out), sum(readings), json_group_array(flags) "
+            "SELECT meter, sum(ticks), sum(held_out), sum(readings), group_concat(flags) "
             "FROM ledger WHERE start_ms >= ? AND start_ms < ? GROUP BY meter",
             (start_ms, end_ms),
         ):
-            union: set[str] = set()
-            for text in json.loads(flags):
-                union.update(json.loads(text))
-            totals[meter] = Row(meter, ticks, held_out, readings, frozenset(union))
+            totals[meter] = Row(meter, ticks, held_out, readings, frozenset(_flags(flags)))
         return totals
 
     def interval_rows(

@@ -183,6 +183,8 @@ class Accounting:
         for snapshot in batch:
             events += self.alarms.snapshot(snapshot)
             if snapshot.quality in (OK, OUT_OF_RANGE):
+                if not self.failures:
+                    continue
                 if self.failures.pop(snapshot.device, 0) >= self.settings.offline_after:
                     events += self.alarms.device_status(snapshot.device, snapshot.ts_ms, True)
             else:
@@ -240,9 +242,9 @@ class Accounting:
         results: list[bytes] = []
         for period, start in due:
             results += (canonical(r) for r in self.publisher.records(db, period, start, wall_ms))
-        if due:
+        if due or not self.completeness:
             self._budgets(db, wall_ms)
-        self.completeness = self._today(db, wall_ms)
+            self.completeness = self._today(db, wall_ms)
         # Alarms raised by the budget check are saved with the state that raised them.
         self.ledger.save_state(db, self.alarms.state())
         alarms, self.alarm_records = self.alarm_records, []
