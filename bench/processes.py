@@ -107,6 +107,13 @@ def write_config(
             f"interval_s = {interval_s}",
             "",
         ]
+    # Accounting as a site would run it: every meter's energy, and a power limit on each.
+    lines += ["[accounting]", 'clock = "trusted"', ""]
+    for index in range(meters):
+        meter = f"meter-{index + 1:02d}"
+        lines += ["[[accounting.meters]]", f'device = "{meter}"', 'role = "load"', ""]
+        lines += ["[[accounting.limits]]", f'device = "{meter}"', 'quantity = "active_power_w"']
+        lines += ["above = 250000", "hysteresis = 5000", "for_s = 300", ""]
     path = folder / "gateway.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
