@@ -326,8 +326,12 @@ class Ledger:
                 period_start = self.grid.period_start(start, period)
                 if self.grid.period_end(period_start, period) == end:
                     due.add((period, period_start))
-        # Readings for a closed interval must go the slow way, which marks it late (revised).
-        self._current = {m: c for m, c in self._current.items() if c[0] >= self.closed_until}
+        # Readings for a closed interval must go the slow way, which marks it late (revised);
+        # what went into it the fast way is still to be written.
+        for meter, current in list(self._current.items()):
+            if current[0] < self.closed_until:
+                self.dirty.add((meter, current[0]))
+                del self._current[meter]
         for start in self.late:
             if start >= earliest:
                 for period in PERIODS:

@@ -173,6 +173,8 @@ class Accounting:
         ends = [*held.first.values()]
         ends += (s for device, s in held.latest.items() if s is not held.first[device])
         self.ledger.feed(sorted(ends, key=lambda s: s.ts_ms))
+        # Spreading the wait is estimation by design, not a gap in the readings: no data_gap.
+        self.ledger.events = [(m, s) for m, s in self.ledger.events if s.flags - {FLAG_ESTIMATED}]
         for device, times in held.times.items():
             fed = {held.first[device].ts_ms, held.latest[device].ts_ms}
             self.ledger.count_held(device, [t for t in times if t not in fed])
