@@ -56,9 +56,9 @@ def config_text(meters: int) -> str:
         for i in range(1, meters + 1)
     )
     return (
-        '[gateway]\nid = "gw-bench"\nsite = "bench"\ntimezone = "Asia/Shanghai"\n'
+        '[gateway]\nid = "gw-bench"\nsite = "bench"\ntimezone = "Asia/Shanghai"\nclock = "trusted"\n'
         '[mqtt]\nenabled = false\n[[buses]]\nid = "lan"\ntype = "tcp"\nhost = "127.0.0.1"\n'
-        f'{devices}[accounting]\nclock = "trusted"\n{accounted}'
+        f"{devices}[accounting]\n{accounted}"
     )
 
 

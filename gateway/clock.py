@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from drivers.snapshot import Snapshot
+
+log = logging.getLogger("cgw.clock")
 
 TIME_ERROR = 5
 STA_UNSYNC = 0x0040
@@ -185,3 +190,38 @@ class ClockWatch:
         if offset is None:
             offset = self._wall_ns() - self._mono_ns()
         return (mono_ns + offset) // _NS_PER_MS
+
+
+def stamp(watch: ClockWatch, batch: Iterable[Snapshot]) -> Correction | None:
+    """Poll the clock for a poll cycle's snapshots (before they are committed): re-time them if
+    the clock has just been stepped, flag them `clock_unsynced` while it is not synchronised."""
+    was_synced = watch.synced
+    correction = watch.poll()
+    if correction is not None:
+        log.warning(
+            "wall clock stepped by %+d ms (%s); readings since %d re-timed",
+            correction.delta_ms,
+            "synchronised" if watch.synced and not was_synced else "clock set",
+            correction.from_ms,
+        )
+    unsynced = not watch.synced
+    for snapshot in batch:
+        if correction is not None:
+            snapshot.ts_ms = correction.apply(snapshot.ts_ms)
+        if unsynced:
+            snapshot.clock_unsynced = True
+    return correction
+
+
+def correction_event(correction: Correction) -> dict[str, object]:
+    """The record a clock step is published as, on the alarms stream (a one-shot event)."""
+    return {
+        "alarm": "event:clock_corrected",
+        "state": "event",
+        "kind": "clock_corrected",
+        "device": "",
+        "ts": correction.detected_ms,
+        "severity": "info",
+        "message": f"wall clock corrected by {correction.delta_ms:+d} ms",
+        "detail": correction.record(),
+    }

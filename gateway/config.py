@@ -163,6 +163,7 @@ class Config:
     data_dir: Path
     runtime_dir: Path
     signing_key: Path
+    clock: str
     mqtt: MqttConfig
     buffer: BufferConfig
     buses: tuple[Bus, ...]
@@ -439,6 +440,9 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
         ) from None
     data_dir = _path(gw, "data_dir", "/var/lib/cgw", base)
     runtime_dir = _path(gw, "runtime_dir", "/run/cgw", base)
+    # "ntp": timestamps are trusted once the kernel says synchronised; "trusted": from boot (an
+    # RTC, or a site without NTP whose clock is set by hand).
+    clock = gw.choice("clock", ("ntp", "trusted"), "ntp")
     signing_key = _path(gw, "signing_key", str(data_dir / "signing.key"), base)
     gw.done()
 
@@ -475,6 +479,7 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
         data_dir=data_dir,
         runtime_dir=runtime_dir,
         signing_key=signing_key,
+        clock=clock,
         mqtt=_mqtt(root.table("mqtt"), gateway_id, base),
         buffer=_buffer(root.table("buffer")),
         buses=tuple(buses),

@@ -24,7 +24,8 @@ from buffer.store import Buffer, is_disk_full
 from drivers.dlt645.identifiers import Dlt645Device
 from drivers.snapshot import Snapshot
 from gateway import __version__
-from gateway.accounting.service import Accounting
+from gateway.accounting.service import ALARMS, Accounting
+from gateway.clock import ClockWatch, correction_event, stamp
 from gateway.config import AnyDevice, Config, PulseInput
 from gateway.poller import BusPoller
 from gateway.pulse_poller import PulsePoller, PulseReading, state_key
@@ -138,8 +139,9 @@ class Daemon:
             PulsePoller(p, self.snapshots, self.buffer.state_int(state_key(p.id)))
             for p in config.pulse_inputs
         ]
+        self.clock = ClockWatch(assume_synced=config.clock == "trusted")
         self.accounting = (
-            Accounting(config.accounting, config.timezone, self.buffer.db)
+            Accounting(config.accounting, config.timezone, self.buffer.db, self.clock)
             if config.accounting.enabled
             else None
         )
@@ -165,6 +167,7 @@ class Daemon:
             "gateway": self.config.gateway_id,
             "site": self.config.site,
             "timezone": self.config.timezone,
+            "clock": self.config.clock,
             "software": f"cgw {__version__}",
             "key": {
                 "alg": "Ed25519",
@@ -317,7 +320,9 @@ class Daemon:
         if not batch:
             return
         if self.accounting:
-            self.accounting.observe(batch)
+            self.accounting.observe(batch)  # publishes a clock step with the alarms
+        elif (correction := stamp(self.clock, batch)) is not None:
+            self.buffer.commit(ALARMS, [canonical(correction_event(correction))])
         records = [canonical(s.record()) for s in batch]
         if self.buffer.commit(
             READINGS, records, pulse_totals(batch), seal_with=(self.signer, now_ms())

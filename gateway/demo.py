@@ -126,9 +126,8 @@ def run_demo(data_dir: Path, duration_s: float | None, with_broker: bool = True)
     data_dir.mkdir(parents=True, exist_ok=True)
     data, origin = example_config()
     data["gateway"].update(data_dir=str(data_dir), runtime_dir=str(data_dir / "run"))
-    if "accounting" in data:
-        # A development machine's kernel may never call its clock synchronised (containers).
-        data["accounting"]["clock"] = "trusted"
+    # A development machine's kernel may never call its clock synchronised (containers).
+    data["gateway"]["clock"] = "trusted"
     emulators = start_emulators(data, origin, data_dir)
     broker: LocalBroker | None = None
     try:

@@ -102,4 +102,4 @@ def array(root: Table, name: str) -> list[Table]:
     items = root.data.get(name, [])
     if not isinstance(items, list):
         raise root.error(name, f"must be an array of tables ([[{name}]])")
-    return [Table(root.path, f"{name}[{i}]", item) for i, item in enumerate(items)]
+    return [Table(root.path, f"{root.at(name)}[{i}]", item) for i, item in enumerate(items)]

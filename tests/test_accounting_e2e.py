@@ -19,7 +19,6 @@ ACCOUNTING = """
 interval_min = 1
 grace_s = 2
 checkpoint_s = 1
-clock = "trusted"
 
 [[accounting.meters]]
 device = "incomer"
@@ -57,7 +56,8 @@ def test_intervals_and_alarms_reach_the_platform_signed_in_one_chain(
         tcp_port=port,
         mqtt_port=broker.port,
     )
-    config.write_text(config.read_text() + ACCOUNTING)
+    text = config.read_text().replace("[gateway]\n", '[gateway]\nclock = "trusted"\n')
+    config.write_text(text + ACCOUNTING)
     with Subscriber(broker.port) as platform:
         daemon = DaemonProcess(config).start().wait_running()
         wait_until(lambda: platform.on("alarms"), 30, "the voltage alarm")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from buffer.store import Buffer
 from drivers.snapshot import Snapshot
-from gateway.accounting.service import Accounting
+from gateway.accounting.service import MAX_HELD_S, Accounting
 from gateway.clock import ClockWatch
 from gateway.config import Config, parse
 
@@ -26,6 +26,7 @@ CONFIG = """
 id = "gw"
 site = "s"
 timezone = "Asia/Shanghai"
+clock = "trusted"
 [mqtt]
 enabled = false
 [[buses]]
@@ -39,7 +40,6 @@ unit = 1
 profile = "eastron_sdm630"
 interval_s = 60
 [accounting]
-clock = "trusted"
 grace_s = 60
 [[accounting.meters]]
 device = "m"
@@ -131,3 +131,50 @@ def test_a_crash_between_checkpoints_loses_no_energy(
     site.checkpoint(START + 2 * 86_400_000)  # the day and the month have closed
     days = [r for r in meter_results(site, "day")]
     assert Decimal(repr(days[-1]["energy"])) == counter[-1] - counter[0]
+
+
+def test_an_offline_alarm_from_before_a_restart_clears_at_the_next_answer(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.read(START, 100.0)
+    for i in range(1, 4):  # offline_after = 3 failed polls
+        site.accounting.observe([Snapshot("m", START + i * MINUTE, "timeout", error="no answer")])
+    site.checkpoint(START + 4 * MINUTE)
+    assert [e.id for e in site.accounting.alarms.active()] == ["offline:m"]
+    site.buffer.close()
+    site = Site(tmp_path)  # restarted: the alarm comes back from the saved state
+    assert [e.id for e in site.accounting.alarms.active()] == ["offline:m"]
+    site.read(START + 5 * MINUTE, 101.0)
+    assert site.accounting.alarms.active() == []
+
+
+class NeverSynced:
+    """A kernel that never says synchronised (an isolated site without NTP)."""
+
+    def __call__(self) -> bool:
+        return False
+
+
+def test_a_clock_that_never_synchronises_still_gets_its_intervals_after_the_wait(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path)
+    buffer = Buffer(tmp_path / "buffer.db", gateway="gw", site="s")
+    accounting = Accounting(
+        cfg.accounting, cfg.timezone, buffer.db, ClockWatch(synced=NeverSynced())
+    )
+    batch = [Snapshot("m", START, "ok", {"active_energy_import_kwh": 100.0})]
+    accounting.observe(batch)
+    assert batch[0].clock_unsynced and accounting.held is not None
+    assert not accounting.checkpoint_due(-math.inf, START + 20 * MINUTE)  # held: nothing closes
+    accounting.held.since_mono -= MAX_HELD_S + 1  # six hours later
+    accounting.observe(
+        [Snapshot("m", START + 15 * MINUTE, "ok", {"active_energy_import_kwh": 101.0})]
+    )
+    later = Snapshot("m", START + 16 * MINUTE, "ok", {"active_energy_import_kwh": 101.5})
+    accounting.observe([later])
+    assert later.clock_unsynced and accounting.held is None  # flagged, but accounted
+    assert buffer.commit_with(lambda db: accounting.checkpoint(db, START + 18 * MINUTE))
+    records = [json.loads(r) for (r,) in buffer.db.execute("SELECT record FROM pending")]
+    first = next(r for r in records if r["kind"] == "meter" and r["period"] == "interval")
+    assert first["energy"] == 1 and "clock_unsynced" in first["flags"]
+    assert not accounting.checkpoint_due(-math.inf, START + 18 * MINUTE)  # no checkpoint storm

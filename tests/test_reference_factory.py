@@ -219,7 +219,7 @@ def test_month_for_the_site(latest: dict[tuple[object, ...], Record]) -> None:
     assert num(co2e["total_kg"]) == (scope1 + scope2).quantize(KG)
     kgce = consumption * ELECTRICITY_KGCE_PER_KWH + gas * GAS_KGCE_PER_NM3
     renewable_kgce = self_consumed * ELECTRICITY_KGCE_PER_KWH
-    energy = site["energy"]
+    energy = site["standard_coal"]
     assert isinstance(energy, dict)
     assert num(energy["kgce"]) == kgce.quantize(KG)
     assert num(energy["tce"]) == (kgce / 1000).quantize(Decimal("0.000001"))

@@ -1,4 +1,4 @@
-"""Site indicators from the meters' totals over one period (FACTS.md §1).
+"""Site indicators from the meters' totals over one period (the specifications in docs/ACCOUNTING.md).
 
 Only boundary meters make the site's totals: grid import and export, on-site generation (PV, wind)
 and `supply` meters of fuels, heat and water. Sub-meters (`load`) attribute energy to loads and
@@ -125,7 +125,7 @@ def site_indicators(
             "scope3_kg": float(scope[3].quantize(KG)),
             "total_kg": float(co2e.quantize(KG)),
         },
-        "energy": {
+        "standard_coal": {
             "kgce": float(kgce.quantize(KG)),
             "tce": float((kgce / 1000).quantize(Decimal("0.000001"))),
             "renewable_kgce": float(renewable_kgce.quantize(KG)),

@@ -82,11 +82,16 @@ def ticks_per_unit(meter: MeterConfig) -> Fraction:
     return Fraction(TICKS_PER_UNIT)
 
 
+def _gap_ms(limit_s: float, meter: MeterConfig) -> int:
+    """A gap is longer than the limit and than three of the meter's own poll intervals."""
+    return int(max(limit_s, 3 * meter.interval_s) * 1000)
+
+
 def _tracker(
     meter: MeterConfig, config: AccountingConfig, state: Mapping[str, object] | None
 ) -> CounterTrack | PowerIntegrator:
     if meter.source == "power":
-        return PowerIntegrator(gap_limit_ms=int(config.power_gap_limit_s * 1000), state=state)
+        return PowerIntegrator(gap_limit_ms=_gap_ms(config.power_gap_limit_s, meter), state=state)
     scale = ticks_per_unit(meter)
     modulus = None if meter.rollover is None else int(Fraction(meter.rollover) * scale)
     rate = (
@@ -95,7 +100,7 @@ def _tracker(
     return CounterTrack(
         modulus=modulus,
         max_ticks_per_ms=rate,
-        gap_ms=int(config.gap_s * 1000),
+        gap_ms=_gap_ms(config.gap_s, meter),
         # A register counter may step by its last digit, 0.01 of its unit, between quick polls.
         resolution=1 if meter.pulses_per_unit is not None else TICKS_PER_UNIT // 100,
         state=state,

@@ -43,6 +43,7 @@ class Factors:
                 self.emission[meter.key] = library.emission(meter.carrier, config.grid_factor)
             self.coal[meter.key] = library.coal(meter.carrier)
         self.electricity_coal = library.coal("electricity")
+        self.grid = library.get(config.grid_factor)
 
 
 def amount(meter: MeterConfig, ticks: int) -> Decimal:
@@ -71,8 +72,14 @@ def expected_readings(
 
 
 def meter_total(
-    meter: MeterConfig, row: Row | None, factors: Factors, expected: int
+    meter: MeterConfig,
+    row: Row | None,
+    factors: Factors,
+    expected: int,
+    interval_readings: int | None = None,
 ) -> tuple[MeterTotal, dict[str, object]]:
+    """A meter's totals and record over a period. `interval_readings`: what one interval owes,
+    for a roll-up, which is flagged `gap` when it misses at least that many (a silent interval)."""
     ticks = row.ticks if row else 0
     carrier_amount = amount(meter, ticks)
     kwh = kwh_of(meter, carrier_amount)
@@ -81,7 +88,11 @@ def meter_total(
     kgce = carrier_amount * coal.value if coal else Decimal(0)
     readings = row.readings if row else 0
     flags = set(row.flags) if row else set()
-    if readings == 0 and FLAG_ESTIMATED not in flags and expected > 0:
+    missing = expected - readings
+    if FLAG_ESTIMATED not in flags and (  # estimated: the energy of a gap was apportioned
+        (readings == 0 and expected > 0)
+        or (interval_readings is not None and missing >= max(interval_readings, 1))
+    ):
         flags.add(FLAG_GAP)
     record: dict[str, object] = {
         "kind": "meter",
@@ -131,10 +142,15 @@ class Publisher:
         }
         totals: list[MeterTotal] = []
         out: list[dict[str, object]] = []
+        # A meter that never answered owes readings from when the site's first one did.
+        site_first = min((c.first_ms for c in self.ledger.channels if c.first_ms), default=None)
+        interval_s = self.config.interval_min * 60
         for channel in self.ledger.channels:
             meter = channel.meter
-            expected = expected_readings(meter, channel.first_ms, start, end, now_ms)
-            total, record = meter_total(meter, rows.get(meter.key), self.factors, expected)
+            first = channel.first_ms if channel.first_ms is not None else site_first
+            expected = expected_readings(meter, first, start, end, now_ms)
+            owed = None if period == "interval" else int(interval_s // meter.interval_s)
+            total, record = meter_total(meter, rows.get(meter.key), self.factors, expected, owed)
             totals.append(total)
             out.append({**head, **record})
         meters = [c.meter for c in self.ledger.channels]
@@ -152,6 +168,11 @@ class Publisher:
             self.config.green_certificates_kwh.get(month) if month else None,
         )
         flags = sorted({f for r in out for f in r["flags"] if f != FLAG_OK})  # type: ignore[attr-defined]
+        grid = self.factors.grid
+        site["factors"] = {
+            "grid": grid.as_record(),
+            "electricity_coal": coal.as_record() if coal else None,
+        }
         out.append({**head, "kind": "site", **site, "flags": flags or [FLAG_OK]})
         revised = (self._revised(db, record, start) for record in out)
         return [record for record in revised if record is not None]

@@ -36,7 +36,7 @@ from gateway.accounting.indicators import completeness
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.results import Publisher, amount, expected_readings, kwh_of, meter_total
 from gateway.accounting.settings import AccountingConfig
-from gateway.clock import ClockWatch, Correction
+from gateway.clock import ClockWatch, Correction, correction_event, stamp
 
 log = logging.getLogger("cgw.accounting")
 
@@ -88,7 +88,7 @@ class Accounting:
         settings: AccountingConfig,
         timezone: str,
         db: sqlite3.Connection,
-        clock: ClockWatch | None = None,
+        clock: ClockWatch,
     ) -> None:
         self.settings = settings
         self.ledger = Ledger(settings, timezone, db)
@@ -99,24 +99,27 @@ class Accounting:
         except ValueError as exc:
             log.warning("saved alarm state not usable (%s): starting without it", exc)
             self.alarms = AlarmEngine(settings.limits, settings.budgets)
-        self.clock = clock or ClockWatch(assume_synced=settings.clock == "trusted")
-        self.failures: dict[str, int] = {}
+        self.clock = clock
+        self.failures: dict[str, int] = {
+            e.device: settings.offline_after for e in self.alarms.active() if e.kind == "offline"
+        }
         self.held: Held | None = None
+        self.gave_up_waiting = False
         self.alarm_records: list[bytes] = []
         self._next_checkpoint = time.monotonic() + settings.checkpoint_s
         self.completeness: dict[str, object] = {}
 
     # -- each poll cycle --------------------------------------------------------------
 
-    def observe(self, batch: Sequence[Snapshot]) -> None:
-        """Flag, correct and account a poll cycle's snapshots (before they are committed)."""
-        synced_before = self.clock.synced
-        correction = self.clock.poll()
+    def observe(self, batch: Sequence[Snapshot]) -> Correction | None:
+        """Stamp (see `gateway.clock.stamp`) and account a poll cycle's snapshots, before they
+        are committed. Returns the clock step found, if any (published on the alarms stream)."""
+        correction = stamp(self.clock, batch)
         if correction is not None:
-            self._corrected(correction, batch, was_synced=synced_before)
-        if not self.clock.synced:
-            for snapshot in batch:
-                snapshot.clock_unsynced = True
+            self.alarm_records.append(canonical(correction_event(correction)))
+            if self.held is not None:
+                self.held.shift(correction)
+        if not self.timestamps_trusted:
             if self.held is None:
                 self.held = Held()
             for snapshot in batch:
@@ -127,42 +130,16 @@ class Accounting:
                     "the clock as it is",
                     MAX_HELD_S // 3600,
                 )
+                self.gave_up_waiting = True
                 self._release()
             self._alarms_of(batch)
-            return
+            return correction
         if self.held is not None:
             self._release()
         self.ledger.feed(batch)
         self._alarms_of(batch)
         self._events()
-
-    def _corrected(
-        self, correction: Correction, batch: Sequence[Snapshot], was_synced: bool
-    ) -> None:
-        log.warning(
-            "wall clock stepped by %+d ms (%s); readings since %d re-timed",
-            correction.delta_ms,
-            "synchronised" if self.clock.synced and not was_synced else "clock set",
-            correction.from_ms,
-        )
-        for snapshot in batch:
-            snapshot.ts_ms = correction.apply(snapshot.ts_ms)
-        self.alarm_records.append(
-            canonical(
-                {
-                    "alarm": "clock",
-                    "state": "event",
-                    "kind": "clock_corrected",
-                    "device": "",
-                    "ts": correction.detected_ms,
-                    "severity": "info",
-                    "message": f"clock corrected by {correction.delta_ms} ms",
-                    "detail": correction.record(),
-                }
-            )
-        )
-        if self.held is not None:
-            self.held.shift(correction)
+        return correction
 
     def _release(self) -> None:
         """Held readings enter the ledger: each device's first and latest as readings (the
@@ -229,23 +206,32 @@ class Accounting:
 
     # -- checkpoints ------------------------------------------------------------------
 
+    @property
+    def timestamps_trusted(self) -> bool:
+        """Readings go into the ledger: the clock is synchronised, or waiting has been given up."""
+        return self.clock.synced or self.gave_up_waiting
+
     def checkpoint_due(self, now_mono: float, wall_ms: int) -> bool:
         return (
             bool(self.alarm_records)
             or now_mono >= self._next_checkpoint
-            or self.ledger.close_due(wall_ms)
+            or (self.timestamps_trusted and self.ledger.close_due(wall_ms))
         )
 
     def checkpoint(self, db: sqlite3.Connection, wall_ms: int) -> Mapping[str, Sequence[bytes]]:
         """Inside a buffer transaction: save the ledger, publish what closed or was revised."""
         self._next_checkpoint = time.monotonic() + self.settings.checkpoint_s
-        due = self.ledger.due(wall_ms) if self.clock.synced else []
+        due = self.ledger.due(wall_ms) if self.timestamps_trusted else []
         self.ledger.flush(db)
         results: list[bytes] = []
         for period, start in due:
             results += (canonical(r) for r in self.publisher.records(db, period, start, wall_ms))
-        if due or not self.completeness:
+        for period, start in due:
+            if period == "day":  # the day's final total, before the next day's first check
+                self._budgets(db, start)
+        if self.timestamps_trusted:
             self._budgets(db, wall_ms)
+        if due or not self.completeness:
             self.completeness = self._today(db, wall_ms)
         # Alarms raised by the budget check are saved with the state that raised them.
         self.ledger.save_state(db, self.alarms.state())
@@ -253,6 +239,7 @@ class Accounting:
         return {INTERVALS: results, ALARMS: alarms}
 
     def _budgets(self, db: sqlite3.Connection, wall_ms: int) -> None:
+        """Each budgeted meter's total for the local day holding wall_ms."""
         budgets = {b.device for b in self.settings.budgets}
         if not budgets:
             return

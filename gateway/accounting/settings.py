@@ -86,7 +86,6 @@ class AccountingConfig:
     factors: FactorLibrary = field(default_factory=FactorLibrary.shipped)
     green_certificates_kwh: Mapping[str, Decimal] = field(default_factory=dict)
     limits: tuple[LimitRule, ...] = ()
-    clock: str = "ntp"  # "ntp": wait for synchronisation; "trusted": the clock is right from boot
 
     @property
     def enabled(self) -> bool:
@@ -170,6 +169,8 @@ def _meter(table: Table, sources: Mapping[str, Source], library: FactorLibrary) 
         raise table.error("carrier", f"must be one of {listed}, not {carrier!r}")
     if role in ELECTRIC_ROLES and carrier != "electricity":
         raise table.error("carrier", f"role {role!r} is electricity")
+    if role == "supply" and carrier == "electricity":
+        raise table.error("carrier", "electricity at the site boundary is role grid_import")
     if source.pulses_per_unit is not None:
         quantity = table.get("quantity", str, source.quantities[0])
     else:
@@ -193,10 +194,16 @@ def _meter(table: Table, sources: Mapping[str, Source], library: FactorLibrary) 
     emission_factor = table.get("emission_factor", str, None)
     if emission_factor is not None:
         try:
-            library.get(emission_factor)
+            factor = library.get(emission_factor)
         except FactorError as exc:
             raise table.error("emission_factor", str(exc)) from None
-    budget = _decimal(table, "daily_budget_kwh", 0, 1e9)
+        wanted = f"kgCO2e/{CARRIER_UNITS[carrier]}" if carrier else None
+        if factor.unit != wanted:
+            raise table.error(
+                "emission_factor",
+                f"{emission_factor!r} is in {factor.unit}, this meter needs {wanted}",
+            )
+    budget = _decimal(table, "daily_budget_kwh", 1e-6, 1e9)
     if budget is not None and carrier != "electricity":
         raise table.error("daily_budget_kwh", "budgets are in kWh: electricity meters only")
     meter = MeterConfig(
@@ -285,6 +292,14 @@ def parse_accounting(root: Table, sources: Mapping[str, Source]) -> AccountingCo
         value = _decimal(green, month, 0, 1e12)
         assert value is not None
         certificates[month] = value
+    limit_tables = array(table, "limits")
+    limits = [_limit(t, sources) for t in limit_tables]
+    sides: set[tuple[str, str, str]] = set()
+    for t, rule in zip(limit_tables, limits, strict=True):
+        for side, _ in rule.sides():
+            if (rule.device, rule.quantity, side) in sides:
+                raise t.error(side, f"{rule.device} {rule.quantity} already has a limit {side}")
+            sides.add((rule.device, rule.quantity, side))
     meter_tables = array(table, "meters")
     meters = [_meter(t, sources, library) for t in meter_tables]
     seen: set[str] = set()
@@ -309,8 +324,7 @@ def parse_accounting(root: Table, sources: Mapping[str, Source]) -> AccountingCo
         grid_factor=grid_factor,
         factors=library,
         green_certificates_kwh=certificates,
-        limits=tuple(_limit(t, sources) for t in array(table, "limits")),
-        clock=table.choice("clock", ("ntp", "trusted"), "ntp"),
+        limits=tuple(limits),
     )
     table.done()
     return config

@@ -107,6 +107,7 @@ site = "reference-factory"
 timezone = "Asia/Shanghai"
 data_dir = "data"
 runtime_dir = "run"
+clock = "ntp"
 
 [mqtt]
 enabled = false
@@ -169,7 +170,6 @@ interval_s = 60
 [accounting]
 interval_min = 15
 grace_s = 120
-clock = "ntp"
 
 [[accounting.meters]]
 device = "incomer"
