@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS state (
 );
 """
 
+# PRAGMA user_version of a buffer in this layout (bodies apart from envelopes).
+FORMAT = 1
 WAL_CHECKPOINT_PAGES = 256
 WAL_LIMIT_BYTES = 1024 * 1024
 _COUNTERS = ("dropped_records", "dropped_envelopes", "failed_commits")
@@ -81,6 +83,10 @@ class Stats:
     failed_commits: int
     used_bytes: int
     quota_bytes: int
+
+
+class BufferFormatError(Exception):
+    """The database file holds a buffer in a layout this version does not read."""
 
 
 def is_disk_full(exc: sqlite3.Error) -> bool:
@@ -114,12 +120,24 @@ class Buffer:
             # A short WAL, truncated after each checkpoint: bounded disk, and room to recover.
             self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             self.db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            self._check_format()
             self.db.executescript(SCHEMA)
+            self.db.execute(f"PRAGMA user_version={FORMAT}")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.last_seq = self._counter("last_seq")
         self.last_hash = str(self._state("last_hash", GENESIS_PREV))
         self.pending_records = self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
         self._unsaved: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+
+    def _check_format(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(envelopes)")}
+        # Version 0 with envelopes that keep their body is the layout of early development builds.
+        if version > FORMAT or (version == 0 and "body" in columns):
+            raise BufferFormatError(
+                f"{self.path} holds a buffer in another layout (format {version}, this cgw "
+                f"reads {FORMAT}); move it aside to start a new buffer (sqlite3 still reads it)"
+            )
 
     def close(self) -> None:
         self.db.close()

@@ -10,10 +10,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from buffer.keys import SigningKeyError
+from buffer.store import BufferFormatError
 from gateway import __version__
 from gateway.config import DEFAULT_PATH, Config, ConfigError, load
 
 EX_USAGE = 2  # argparse's own
+EX_DATAERR = 65  # sysexits: input data (here the buffer file) in a form we cannot use
 EX_SOFTWARE = 70
 EX_CONFIG = 78
 
@@ -300,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     except SigningKeyError as exc:
         print(f"cgw: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except BufferFormatError as exc:
+        print(f"cgw: {exc}", file=sys.stderr)
+        return EX_DATAERR
     except CommandError as exc:
         print(f"cgw: {exc}", file=sys.stderr)
         return exc.status

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from buffer.canonical import canonical
 from buffer.envelope import GENESIS_PREV
 from buffer.keys import SigningKeyError, load_or_create
-from buffer.store import Buffer
+from buffer.store import Buffer, BufferFormatError
 from buffer.verify import verify
 from drivers.snapshot import Snapshot
 from tests.support.keys import make_signer
@@ -150,3 +150,19 @@ def test_synchronous_full_and_wal(tmp_path: Path) -> None:
         sqlite3.connect(tmp_path / "buffer.db").execute("PRAGMA integrity_check").fetchone()[0]
         == "ok"
     )
+
+
+def test_a_buffer_in_another_layout_is_refused_by_name_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE envelopes (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+    old.execute("INSERT INTO envelopes VALUES (1, x'7b7d')")
+    old.commit()
+    old.close()
+    with pytest.raises(BufferFormatError, match=str(path)):
+        Buffer(path, gateway="gw", site="s")
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM envelopes").fetchone() == (1,)
+    fresh = Buffer(tmp_path / "new.db", gateway="gw", site="s")
+    assert fresh.db.execute("PRAGMA user_version").fetchone() == (1,)
+    fresh.close()
+    Buffer(tmp_path / "new.db", gateway="gw", site="s").close()  # its own layout opens again
