@@ -31,11 +31,9 @@ class CommandError(Exception):
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from gateway.journal import configure  # journald under systemd, stderr otherwise
+
+    configure(getattr(logging, level.upper()))
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
@@ -47,6 +45,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.daemon import Daemon
 
     return Daemon(_config(args)).run()
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from provisioning.cli import ProvisionError, run
+
+    try:
+        return run(args)
+    except ProvisionError as exc:
+        raise CommandError(str(exc), exc.status) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -287,6 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     command("profiles", cmd_profiles, "List the meter profiles shipped with cgw.", config=False)
+    from provisioning.cli import add_arguments as add_provision_arguments
+
+    add_provision_arguments(
+        command(
+            "provision",
+            cmd_provision,
+            "Set up this device as a gateway from an inventory (IT's setup script; re-runnable).",
+            config=False,
+        )
+    )
     _add_tool_commands(command)
     return parser
 
