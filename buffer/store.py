@@ -8,6 +8,10 @@ committed survives a power cut too. It costs one fsync per commit, and the daemo
 Rows move pending -> envelopes (sealed, signed, chained) -> delivered -> pruned. Delivered
 envelopes are pruned after the retention; undelivered ones only when the quota is still exceeded,
 oldest first, and every such drop is counted in `state` and reported.
+
+A second consumer with its own cursor (the InfluxDB sink, `track`) keeps what it has not taken yet
+through pruning: only envelopes both delivered and at or below its cursor are done. Over the quota
+the oldest data still goes first, whoever needs it, and is counted for each consumer that did.
 """
 
 from __future__ import annotations
@@ -128,6 +132,7 @@ class Buffer:
         self.last_hash = str(self._state("last_hash", GENESIS_PREV))
         self.pending_records = self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
         self._unsaved: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self.tracked: str | None = None  # a second consumer's name: its cursor is `{name}_seq`
 
     def _check_format(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -177,6 +182,59 @@ class Buffer:
     def state_int(self, key: str) -> int:
         """An integer saved in `state` by `commit` (0 if never saved)."""
         return self._counter(key)
+
+    def track(self, name: str) -> int:
+        """Keep envelopes above the cursor `{name}_seq` through pruning (a second consumer, e.g.
+        the InfluxDB sink). A new cursor starts below the oldest envelope still stored: what was
+        pruned before the consumer existed is not its loss. Returns the cursor."""
+        key = f"{name}_seq"
+        if self._state(key, None) is None:
+            oldest = self.db.execute("SELECT min(seq) FROM envelopes").fetchone()[0]
+            with self._transaction() as db:
+                self._set_state(db, **{key: self.last_seq if oldest is None else oldest - 1})
+        self.tracked = name
+        return self._counter(key)
+
+    def set_cursor(self, name: str, seq: int) -> None:
+        """Save a consumer's cursor: every envelope up to `seq` is taken."""
+        with self._transaction() as db:
+            self._set_state(db, **{f"{name}_seq": seq})
+
+    def after(self, seq: int, max_records: int) -> list[Outgoing]:
+        """Stored envelopes above `seq`, delivered or not, in seq order: whole envelopes of at most
+        `max_records` records together, but at least one."""
+        rows = self.db.execute(
+            "SELECT seq, records FROM envelopes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, max(1, max_records)),
+        ).fetchall()
+        if not rows:
+            return []
+        last, total = rows[0][0], 0
+        for row_seq, records in rows:
+            total += records
+            if total > max_records and row_seq != rows[0][0]:
+                break
+            last = row_seq
+        found = self.db.execute(
+            "SELECT seq, stream, body FROM envelopes JOIN bodies USING (seq) "
+            "WHERE seq > ? AND seq <= ? ORDER BY seq",
+            (seq, last),
+        ).fetchall()
+        return [Outgoing(s, stream, bytes(body)) for s, stream, body in found]
+
+    def backlog_after(self, seq: int) -> tuple[int, int]:
+        """(envelopes, records) stored above `seq`."""
+        envelopes, records = self.db.execute(
+            "SELECT count(*), coalesce(sum(records), 0) FROM envelopes WHERE seq > ?", (seq,)
+        ).fetchone()
+        return int(envelopes), int(records)
+
+    def _done(self) -> str:
+        """SQL condition of envelopes no consumer needs any more."""
+        if self.tracked is None:
+            return "delivered_ms IS NOT NULL"
+        cursor = self._counter(f"{self.tracked}_seq")
+        return f"delivered_ms IS NOT NULL AND seq <= {cursor:d}"
 
     def commit(
         self,
@@ -251,7 +309,7 @@ class Buffer:
         self.space.release()
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         with self._transaction() as db:
-            db.execute("DELETE FROM envelopes WHERE delivered_ms IS NOT NULL")
+            db.execute(f"DELETE FROM envelopes WHERE {self._done()}")
         return self._drop_oldest_until(self.used_bytes() * 9 // 10, "on a full disk")
 
     def seal_pending(self, signer: Signer, now_ms: int) -> list[Sealed]:
@@ -336,7 +394,7 @@ class Buffer:
         undelivered ones. Returns (delivered pruned, undelivered envelopes dropped)."""
         with self._transaction() as db:
             pruned = db.execute(
-                "DELETE FROM envelopes WHERE delivered_ms IS NOT NULL AND delivered_ms < ?",
+                f"DELETE FROM envelopes WHERE {self._done()} AND delivered_ms < ?",
                 (now_ms - retention_ms,),
             ).rowcount
         # The filesystem may hold less than the quota: keep a reserve's worth free beside it.
@@ -347,7 +405,7 @@ class Buffer:
             return pruned, 0
         # Over quota even so: delivered data goes first whatever its age, then the oldest backlog.
         with self._transaction() as db:
-            pruned += db.execute("DELETE FROM envelopes WHERE delivered_ms IS NOT NULL").rowcount
+            pruned += db.execute(f"DELETE FROM envelopes WHERE {self._done()}").rowcount
         why = (
             f"over its quota of {self.quota_bytes} bytes"
             if limit == self.quota_bytes
@@ -358,25 +416,42 @@ class Buffer:
         return pruned, dropped
 
     def _drop_oldest_until(self, limit_bytes: int, why: str) -> int:
+        """Drop the oldest envelopes some consumer still needs (the `_done` ones are gone by
+        now), counting for each consumer what it lost. Returns the envelopes MQTT lost."""
         dropped = 0
+        tracked = self.tracked
+        cursor = 0 if tracked is None else self._counter(f"{tracked}_seq")
+        which = "delivered_ms IS NULL" if tracked is None else f"NOT ({self._done()})"
         while self.used_bytes() > limit_bytes:
             with self._transaction() as db:
                 rows = db.execute(
-                    "SELECT seq, records FROM envelopes WHERE delivered_ms IS NULL "
+                    f"SELECT seq, records, delivered_ms IS NULL FROM envelopes WHERE {which} "
                     "ORDER BY seq LIMIT 64"
                 ).fetchall()
                 if not rows:
                     break
-                db.execute(
-                    "DELETE FROM envelopes WHERE delivered_ms IS NULL AND seq <= ?", (rows[-1][0],)
-                )
-                self._add_counter(db, "dropped_envelopes", len(rows))
-                self._add_counter(db, "dropped_records", sum(n for _, n in rows))
+                db.execute(f"DELETE FROM envelopes WHERE {which} AND seq <= ?", (rows[-1][0],))
+                lost = [n for _, n, undelivered in rows if undelivered]
+                self._add_counter(db, "dropped_envelopes", len(lost))
+                self._add_counter(db, "dropped_records", sum(lost))
                 self._set_state(db, last_dropped_seq=rows[-1][0])
-            dropped += len(rows)
-            log.warning(
-                "buffer %s: dropped undelivered envelopes seq %d-%d", why, rows[0][0], rows[-1][0]
-            )
+                missed = [n for seq, n, _ in rows if seq > cursor]
+                if tracked is not None:
+                    self._add_counter(db, f"{tracked}_dropped_envelopes", len(missed))
+                    self._add_counter(db, f"{tracked}_dropped_records", sum(missed))
+            dropped += len(lost)
+            span = (why, rows[0][0], rows[-1][0])
+            if tracked is None:
+                log.warning("buffer %s: dropped undelivered envelopes seq %d-%d", *span)
+            else:
+                log.warning(
+                    "buffer %s: dropped envelopes seq %d-%d (%d undelivered over MQTT, "
+                    "%d not yet taken by %s)",
+                    *span,
+                    len(lost),
+                    len(missed),
+                    tracked,
+                )
         return dropped
 
     def stats(self) -> Stats:

@@ -6,6 +6,7 @@ without reading code. The loader returns frozen dataclasses; nothing else reads 
 
 from __future__ import annotations
 
+import stat
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
@@ -47,6 +48,24 @@ class MqttConfig:
     reconnect_max_s: float = 60.0
     status_interval_s: float = 60.0
     tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    """The optional InfluxDB 2.x sink (docs/INFLUXDB.md), alongside MQTT with its own cursor."""
+
+    enabled: bool = False
+    url: str = ""
+    org: str = ""
+    bucket: str = ""
+    token: str | None = None
+    batch_records: int = 1000
+    flush_interval_s: float = 5.0
+    timeout_s: float = 10.0
+    retry_min_s: float = 1.0
+    retry_max_s: float = 60.0
+    verify_tls: bool = True
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +190,7 @@ class Config:
     profiles: Mapping[str, Profile] = field(default_factory=dict)
     pulse_inputs: tuple[PulseInput, ...] = ()
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    influxdb: InfluxConfig = field(default_factory=InfluxConfig)
 
     @property
     def topic_base(self) -> str:
@@ -240,6 +260,68 @@ def _mqtt(table: Table, gateway_id: str, base: Path) -> MqttConfig:
         raise table.error("reconnect_max_s", "must not be less than reconnect_min_s")
     table.done()
     return mqtt
+
+
+def _secret_file(table: Table, name: str, base: Path) -> str:
+    """A secret kept in a file that only its owner may read (mode 0600 or stricter)."""
+    path = _path(table, name, base=base)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise table.error(name, f"cannot read {path}: {exc.strerror}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise table.error(
+            name,
+            f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); run `chmod 600 {path}`",
+        )
+    return text
+
+
+def _influxdb(table: Table, base: Path) -> InfluxConfig:
+    enabled = table.get("enabled", bool, "url" in table.data)
+    if set(table.data) <= {"enabled"}:
+        if enabled:
+            raise table.error("url", "is required")
+        return InfluxConfig()
+    url = table.get("url", str)
+    if not url.startswith(("http://", "https://")) or len(url) < 10:
+        raise table.error("url", f"{url!r} must be an http:// or https:// URL")
+    token = table.get("token", str, None)
+    if "token_file" in table.data:
+        if token is not None:
+            raise table.error("token_file", "give either token or token_file, not both")
+        token = _secret_file(table, "token_file", base)
+    tls = table.table("tls")
+    ca_file = _path(tls, "ca_file", None, base) if "ca_file" in tls.data else None
+    tls.get("ca_file", str, None)
+    verify = tls.get("verify", bool, True)
+    if ca_file is not None and not verify:
+        raise tls.error("verify", "a ca_file is only used with verify = true")
+    if tls.data and not url.startswith("https://"):
+        raise tls.error(next(iter(tls.data)), "TLS settings need an https:// url")
+    tls.done()
+    influx = InfluxConfig(
+        enabled=enabled,
+        url=url,
+        org=table.get("org", str),
+        bucket=table.get("bucket", str),
+        token=token,
+        batch_records=table.integer("batch_records", 1000, 1, 1_000_000),
+        flush_interval_s=table.number("flush_interval_s", 5.0, 0.05, 3600),
+        timeout_s=table.number("timeout_s", 10.0, 0.5, 300),
+        retry_min_s=table.number("retry_min_s", 1.0, 0.1, 3600),
+        retry_max_s=table.number("retry_max_s", 60.0, 0.1, 3600),
+        verify_tls=verify,
+        ca_file=ca_file,
+    )
+    if influx.retry_max_s < influx.retry_min_s:
+        raise table.error("retry_max_s", "must not be less than retry_min_s")
+    for name in ("org", "bucket"):
+        if not getattr(influx, name):
+            raise table.error(name, "must not be empty")
+    table.done()
+    return influx
 
 
 def _buffer(table: Table) -> BufferConfig:
@@ -487,6 +569,7 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
         profiles=profiles,
         pulse_inputs=tuple(pulse_inputs),
         accounting=parse_accounting(root, _sources(devices, pulse_inputs)),
+        influxdb=_influxdb(root.table("influxdb"), base),
     )
     root.done()
     return config

@@ -15,7 +15,8 @@ import signal
 import sqlite3
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
 from types import FrameType
 
 from buffer.canonical import canonical
@@ -27,9 +28,12 @@ from gateway import __version__
 from gateway.accounting.service import ALARMS, Accounting
 from gateway.clock import ClockWatch, correction_event, stamp
 from gateway.config import AnyDevice, Config, PulseInput
+from gateway.fleet import bus_error_rates, cpu_temperature_c
+from gateway.influx import InfluxSink
 from gateway.poller import BusPoller
 from gateway.pulse_poller import PulsePoller, PulseReading, state_key
 from gateway.uplink import Uplink, now_ms
+from gateway.watchdog import Liveness, Watchdog, is_busy, longest_poll_s
 
 log = logging.getLogger("cgw.daemon")
 
@@ -39,6 +43,10 @@ STEP_S = 0.2
 # drains at the window's pace, not at one window per STEP_S.
 DRAIN_STEP_S = 0.005
 STATUS_FILE_EVERY_S = 2.0
+# Another process holds the database's lock: each write attempt blocks for the busy timeout,
+# so retry only this often; meanwhile readings wait in memory, at most this many.
+BUSY_RETRY_S = 2.0
+MAX_UNWRITTEN_RECORDS = 20_000
 
 
 def open_buffer(config: Config, read_only: bool = False) -> Buffer:
@@ -121,6 +129,15 @@ def pulse_totals(batch: list[Snapshot]) -> dict[str, int]:
     return totals
 
 
+@dataclass
+class _Write:
+    """Records stamped and accounted, waiting for their transaction."""
+
+    stream: str
+    records: list[bytes]
+    totals: dict[str, int] = field(default_factory=dict)
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -146,6 +163,7 @@ class Daemon:
             else None
         )
         self.uplink = Uplink(config, self.meta, self.health) if config.mqtt.enabled else None
+        self.influx = InfluxSink(config.influxdb, self.buffer) if config.influxdb.enabled else None
         self.stop_requested = threading.Event()
         self.started_ms = now_ms()
         self.committed_records = 0
@@ -158,6 +176,17 @@ class Daemon:
         self._uncommitted: list[Snapshot] = []
         self._last_commit = 0.0
         self._next_status_publish = time.monotonic() + config.mqtt.status_interval_s
+        self._unwritten: deque[_Write] = deque()
+        self._unwritten_records = 0
+        self._buffer_retry_at = self._next_busy_log = 0.0
+        self.liveness = Liveness(time.monotonic())
+        for poller in self.pollers:
+            self.liveness.watch(
+                f"bus {poller.bus.id}", poller, longest_poll_s(poller.bus, poller.devices)
+            )
+        for pulse_poller in self.pulse_pollers:
+            self.liveness.watch(f"pulse input {pulse_poller.input.id}", pulse_poller)
+        self.watchdog = Watchdog(self.liveness)
 
     # -- what the platform and `cgw status` see ----------------------------------------
 
@@ -187,18 +216,34 @@ class Daemon:
         return health
 
     def health(self) -> dict[str, object]:
+        """The status topic's health: what a fleet operator watches (docs/CONTRACT.md)."""
         stats = self.buffer.stats()
+        now = now_ms()
+        devices = self.device_health()
+        oldest = stats.oldest_undelivered_ms
         return {
             "software": f"cgw {__version__}",
+            "uptime_s": (now - self.started_ms) // 1000,
             "last_seq": stats.last_seq,
             "backlog_envelopes": stats.backlog_envelopes,
             "backlog_records": stats.backlog_records,
-            "oldest_undelivered_ms": stats.oldest_undelivered_ms,
+            "oldest_undelivered_ms": oldest,
+            "oldest_undelivered_age_s": None if oldest is None else max(0, now - oldest) // 1000,
             "dropped_records": stats.dropped_records,
             "dropped_envelopes": stats.dropped_envelopes,
+            "disk": {
+                "used_bytes": stats.used_bytes,
+                "quota_bytes": stats.quota_bytes,
+                "used_share": round(stats.used_bytes / stats.quota_bytes, 6),
+            },
+            "buses": bus_error_rates(
+                {p.bus.id: [d.id for d in p.devices] for p in self.pollers}, devices
+            ),
+            "cpu_temperature_c": cpu_temperature_c(),
+            "clock_synced": self.clock.synced,
             "devices": {
                 device_id: {k: h[k] for k in ("last_quality", "last_ok_ms", "consecutive_failures")}
-                for device_id, h in self.device_health().items()
+                for device_id, h in devices.items()
             },
             "accounting": self.accounting.status() if self.accounting else None,
         }
@@ -224,6 +269,7 @@ class Daemon:
             "devices": self.device_health(),
             "buses": {p.bus.id: p.bus_health.as_dict() for p in self.pollers},
             "accounting": self.accounting.status() if self.accounting else None,
+            "influxdb": self.influx.status(self.buffer) if self.influx else None,
         }
         directory = self.config.runtime_dir
         directory.mkdir(parents=True, exist_ok=True)
@@ -245,6 +291,8 @@ class Daemon:
             poller.start()
         for pulse_poller in self.pulse_pollers:
             pulse_poller.start()
+        if self.influx:
+            self.influx.start()
         if self.uplink:
             self.uplink.start()
         else:
@@ -260,6 +308,7 @@ class Daemon:
         try:
             while not self.stop_requested.is_set():
                 self.step()
+                self.watchdog.tick(time.monotonic(), self._up, self._summary)
         finally:
             self.shutdown()
         return 0
@@ -269,12 +318,8 @@ class Daemon:
             self._collect(DRAIN_STEP_S if self.uplink and self.uplink.inflight else STEP_S)
         )
         now = time.monotonic()
-        try:
-            self._buffer_work(now)
-        except sqlite3.OperationalError as exc:
-            if not is_disk_full(exc):
-                raise
-            self._disk_full()
+        if now >= self._buffer_retry_at:
+            self._buffer_step(now)
         if now >= self._next_status_file:
             self._next_status_file = now + STATUS_FILE_EVERY_S
             try:
@@ -282,10 +327,57 @@ class Daemon:
             except OSError as exc:
                 log.warning("cannot write %s/status.json: %s", self.config.runtime_dir, exc)
 
+    def _up(self) -> bool:
+        """Every bus has been polled once, answered or not (READY=1 for systemd)."""
+        return all(any(h.polls for h in p.health.values()) for p in self.pollers)
+
+    def _summary(self) -> str:
+        """One line for `systemctl status`."""
+        uplink = "no uplink"
+        if self.uplink:
+            uplink = "uplink " + ("connected" if self.uplink.state.connected else "offline")
+        return (
+            f"{len(self.config.devices)} devices on {len(self.pollers)} buses, "
+            f"{len(self.pulse_pollers)} pulse inputs; "
+            f"{self.committed_records} readings committed; {uplink}"
+        )
+
+    def _buffer_step(self, now: float) -> None:
+        """The buffer work, surviving a full disk (handled) and a database that another process
+        keeps locked (retried; readings wait in memory, and no keep-alive goes to systemd)."""
+        try:
+            try:
+                self._buffer_work(now)
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._disk_full()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            self._database_busy(exc)
+        else:
+            self.liveness.buffer_progressed(time.monotonic())
+
+    def _database_busy(self, exc: sqlite3.OperationalError) -> None:
+        now = time.monotonic()
+        self._buffer_retry_at = now + BUSY_RETRY_S
+        self.liveness.buffer_failed(f"cannot write {self.buffer.path.name}: {exc}")
+        if now >= self._next_busy_log:
+            self._next_busy_log = now + 60.0
+            log.error(
+                "cannot write %s: %s (another process holds it?); %d readings wait in memory",
+                self.buffer.path,
+                exc,
+                self._unwritten_records + len(self._uncommitted),
+            )
+
     def _buffer_work(self, now: float) -> None:
         # One transaction (one fsync) per commit interval: the readings of a poll cycle together,
         # not one SD-card write per device.
-        if self._uncommitted and now - self._last_commit >= self.config.buffer.commit_interval_s:
+        if (self._uncommitted or self._unwritten) and (
+            now - self._last_commit >= self.config.buffer.commit_interval_s
+        ):
             self._last_commit = now
             self._commit()
         if self.accounting and self.accounting.checkpoint_due(now, now_ms()):
@@ -295,6 +387,8 @@ class Daemon:
             or self.buffer.pending_records >= self.config.buffer.envelope_max_records
         ):
             self._seal()
+        if self.influx:
+            self.influx.pump(self.buffer)
         if self.uplink:
             self.uplink.pump(self.buffer)
             if now >= self._next_status_publish:
@@ -317,21 +411,46 @@ class Daemon:
 
     def _commit(self) -> None:
         batch, self._uncommitted = self._uncommitted, []
-        if not batch:
-            return
+        if batch:
+            self._stage(batch)
+        while self._unwritten:  # a busy database raises here; what is left waits
+            write = self._unwritten[0]
+            readings = write.stream == READINGS
+            stored = self.buffer.commit(
+                write.stream,
+                write.records,
+                write.totals,
+                seal_with=(self.signer, now_ms()) if readings else None,
+            )
+            self._unwritten.popleft()
+            self._unwritten_records -= len(write.records)
+            if not readings:
+                continue
+            if stored:
+                self.committed_records += len(write.records)
+                if self._pending_since is None and self.buffer.pending_records:
+                    self._pending_since = time.monotonic()
+            else:
+                self._disk_full()
+
+    def _stage(self, batch: list[Snapshot]) -> None:
+        """Stamp and account a batch (once, however often its commit must be retried) and queue
+        its writes. Beyond MAX_UNWRITTEN_RECORDS the oldest are dropped and counted."""
         if self.accounting:
             self.accounting.observe(batch)  # publishes a clock step with the alarms
         elif (correction := stamp(self.clock, batch)) is not None:
-            self.buffer.commit(ALARMS, [canonical(correction_event(correction))])
-        records = [canonical(s.record()) for s in batch]
-        if self.buffer.commit(
-            READINGS, records, pulse_totals(batch), seal_with=(self.signer, now_ms())
-        ):
-            self.committed_records += len(batch)
-            if self._pending_since is None and self.buffer.pending_records:
-                self._pending_since = time.monotonic()
-        else:
-            self._disk_full()
+            self._queue(_Write(ALARMS, [canonical(correction_event(correction))]))
+        self._queue(_Write(READINGS, [canonical(s.record()) for s in batch], pulse_totals(batch)))
+
+    def _queue(self, write: _Write) -> None:
+        self._unwritten.append(write)
+        self._unwritten_records += len(write.records)
+        while self._unwritten_records > MAX_UNWRITTEN_RECORDS and len(self._unwritten) > 1:
+            dropped = self._unwritten.popleft()
+            self._unwritten_records -= len(dropped.records)
+            # Counted where the buffer counts what a full disk could not take: saved with the
+            # next transaction, reported as dropped_records.
+            self.buffer._unsaved["dropped_records"] += len(dropped.records)
 
     def _checkpoint(self) -> None:
         """Save the ledger; results of closed or revised intervals and alarms go in with it."""
@@ -366,6 +485,7 @@ class Daemon:
         self._pending_since = None
 
     def shutdown(self) -> None:
+        self.watchdog.stopping()
         for poller in self.pollers:
             poller.stop()
         for pulse_poller in self.pulse_pollers:
@@ -375,20 +495,35 @@ class Daemon:
         for pulse_poller in self.pulse_pollers:
             pulse_poller.join(timeout=2)
         self._uncommitted.extend(self._collect(0))
-        self._commit()
-        if self.accounting:
-            self._checkpoint()
-        if self.buffer.pending_records:
-            self._seal()
-        if self.uplink:
-            deadline = time.monotonic() + 3
-            self.uplink.pump(self.buffer)
-            while (
-                self.uplink.state.connected and self.uplink.inflight and time.monotonic() < deadline
-            ):
-                time.sleep(0.05)
+        try:
+            self._commit()
+            if self.accounting:
+                self._checkpoint()
+            if self.buffer.pending_records:
+                self._seal()
+            if self.uplink:
+                deadline = time.monotonic() + 3
                 self.uplink.pump(self.buffer)
-            self.uplink.stop()
+                while (
+                    self.uplink.state.connected
+                    and self.uplink.inflight
+                    and time.monotonic() < deadline
+                ):
+                    time.sleep(0.05)
+                    self.uplink.pump(self.buffer)
+                self.uplink.stop()
+            if self.influx:
+                self.influx.flush(self.buffer, 3.0)
+                self.influx.stop(self.buffer)
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            log.error(
+                "cannot write %s at shutdown: %s; %d readings are lost",
+                self.buffer.path,
+                exc,
+                self._unwritten_records,
+            )
         self.write_status_file(running=False)
         self.buffer.close()
         log.info("stopped")

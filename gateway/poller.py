@@ -130,12 +130,15 @@ class BusPoller:
         self.sink = sink
         self.health = {d.id: DeviceHealth() for d in devices}
         self.bus_health = BusHealth()
-        self.heartbeat = time.monotonic()  # last time the loop made progress (for the watchdog)
+        # For the watchdog: when the loop last made progress or, while it sleeps until a device
+        # is due, when it will wake. A read that never returns leaves it behind.
+        self.heartbeat = time.monotonic()
         self._reader = LineReader(bus, devices)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"bus-{bus.id}", daemon=True)
 
     def start(self) -> None:
+        self.heartbeat = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
@@ -154,7 +157,7 @@ class BusPoller:
             schedule = min(schedules, key=lambda s: s.due)
             wait = schedule.due - time.monotonic()
             if wait > 0:
-                self.heartbeat = time.monotonic()
+                self.heartbeat = schedule.due
                 if self._stop.wait(wait):
                     break
             self._poll(schedule)
@@ -199,13 +202,18 @@ class BusPoller:
         keeps_up = demand < 1.0
         if keeps_up != self.bus_health.keeps_up:
             if keeps_up:
-                log.info("bus %s keeps up with its poll intervals again", self.bus.id)
+                log.info(
+                    "bus %s keeps up with its poll intervals again",
+                    self.bus.id,
+                    extra={"bus": self.bus.id},
+                )
             else:
                 log.warning(
                     "bus %s cannot keep up: its devices need %.0f%% of the bus time; "
                     "lengthen poll intervals, read fewer quantities or split the bus",
                     self.bus.id,
                     demand * 100,
+                    extra={"bus": self.bus.id},
                 )
             self.bus_health.keeps_up = keeps_up
 
@@ -227,6 +235,7 @@ class BusPoller:
                     "device %s answers again after %d failed polls",
                     device.id,
                     health.consecutive_failures,
+                    extra={"device": device.id, "bus": self.bus.id},
                 )
             health.consecutive_failures = 0
             health.last_ok_ms = snapshot.ts_ms
@@ -242,10 +251,12 @@ class BusPoller:
                 self.bus.id,
                 snapshot.quality,
                 snapshot.error,
+                extra={"device": device.id, "bus": self.bus.id},
             )
         elif health.consecutive_failures == self.bus.backoff_after:
             log.warning(
                 "device %s keeps failing: polling it less often (at most every %g s) until it answers",
                 device.id,
                 self.bus.backoff_max_s,
+                extra={"device": device.id, "bus": self.bus.id},
             )

@@ -76,7 +76,7 @@ class PulsePoller:
         self.sink = sink
         self.counter = PulseCounter(pulse_input.debounce_s, pulse_input.max_rate_hz, total)
         self.health = PulseHealth(total_pulses=total)
-        self.heartbeat = time.monotonic()
+        self.heartbeat = time.monotonic()  # the loop's last round (for the watchdog)
         self._opener = opener
         self._error: str | None = None
         self._emitted_total: int | None = None
@@ -88,6 +88,7 @@ class PulsePoller:
         )
 
     def start(self) -> None:
+        self.heartbeat = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
@@ -127,7 +128,7 @@ class PulsePoller:
             self._fail(str(exc))
             return None
         if self._error is not None:
-            log.info("pulse input %s counts again", self.input.id)
+            log.info("pulse input %s counts again", self.input.id, extra={"device": self.input.id})
         self._error = None
         return source
 
@@ -142,7 +143,7 @@ class PulsePoller:
 
     def _fail(self, error: str) -> None:
         if error != self._error:
-            log.warning("pulse input %s: %s", self.input.id, error)
+            log.warning("pulse input %s: %s", self.input.id, error, extra={"device": self.input.id})
         self._error = error
 
     def _emit(self, connected: bool) -> None:
@@ -158,6 +159,7 @@ class PulsePoller:
                     "(interference or a chattering contact? see docs/FIELD.md)",
                     self.input.id,
                     self.input.max_rate_hz,
+                    extra={"device": self.input.id},
                 )
             self._limited = limited
             reading = PulseReading(

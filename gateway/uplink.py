@@ -222,7 +222,9 @@ class Uplink:
             else:
                 self.state.rejected += 1
                 log.warning(
-                    "broker rejected envelope seq %d; it stays buffered and is sent again", seq
+                    "broker rejected envelope seq %d; it stays buffered and is sent again",
+                    seq,
+                    extra={"seq": seq},
                 )
         if delivered:
             stamp = now_ms()

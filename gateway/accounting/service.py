@@ -201,7 +201,14 @@ class Accounting:
                 if event.state == "cleared" or event.severity == "info"
                 else logging.WARNING
             )
-            log.log(level, "alarm %s %s: %s", event.state, event.id, event.message)
+            log.log(
+                level,
+                "alarm %s %s: %s",
+                event.state,
+                event.id,
+                event.message,
+                extra={"device": event.device or None},
+            )
             self.alarm_records.append(canonical(event.record()))
 
     # -- checkpoints ------------------------------------------------------------------

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +69,9 @@ STARTED: list[subprocess.Popen[bytes]] = []  # every daemon a test started: kill
 
 
 class DaemonProcess:
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
         self.config = config
+        self.env = env  # variables added to the test's environment
         self.log = config.parent / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -82,6 +85,7 @@ class DaemonProcess:
                 self.command(self.config),
                 stdout=log,
                 stderr=log,
+                env=None if self.env is None else {**os.environ, **self.env},
             )
         STARTED.append(self.process)
         return self
