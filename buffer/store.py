@@ -236,6 +236,11 @@ class Buffer:
         cursor = self._counter(f"{self.tracked}_seq")
         return f"delivered_ms IS NOT NULL AND seq <= {cursor:d}"
 
+    def count_lost(self, records: int) -> None:
+        """Count records that never reached the buffer (the daemon had to drop them from memory):
+        reported as dropped_records, saved with the next transaction."""
+        self._unsaved["dropped_records"] += records
+
     def commit(
         self,
         stream: str,

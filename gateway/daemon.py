@@ -15,8 +15,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from collections import defaultdict
 from types import FrameType
 
 from buffer.canonical import canonical
@@ -34,6 +33,7 @@ from gateway.poller import BusPoller
 from gateway.pulse_poller import PulsePoller, PulseReading, state_key
 from gateway.uplink import Uplink, now_ms
 from gateway.watchdog import Liveness, Watchdog, is_busy, longest_poll_s
+from gateway.writequeue import Write, WriteQueue
 
 log = logging.getLogger("cgw.daemon")
 
@@ -129,15 +129,6 @@ def pulse_totals(batch: list[Snapshot]) -> dict[str, int]:
     return totals
 
 
-@dataclass
-class _Write:
-    """Records stamped and accounted, waiting for their transaction."""
-
-    stream: str
-    records: list[bytes]
-    totals: dict[str, int] = field(default_factory=dict)
-
-
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -176,8 +167,7 @@ class Daemon:
         self._uncommitted: list[Snapshot] = []
         self._last_commit = 0.0
         self._next_status_publish = time.monotonic() + config.mqtt.status_interval_s
-        self._unwritten: deque[_Write] = deque()
-        self._unwritten_records = 0
+        self._unwritten = WriteQueue(MAX_UNWRITTEN_RECORDS)
         self._buffer_retry_at = self._next_busy_log = 0.0
         self.liveness = Liveness(time.monotonic())
         for poller in self.pollers:
@@ -369,7 +359,7 @@ class Daemon:
                 "cannot write %s: %s (another process holds it?); %d readings wait in memory",
                 self.buffer.path,
                 exc,
-                self._unwritten_records + len(self._uncommitted),
+                self._unwritten.records + len(self._uncommitted),
             )
 
     def _buffer_work(self, now: float) -> None:
@@ -414,7 +404,7 @@ class Daemon:
         if batch:
             self._stage(batch)
         while self._unwritten:  # a busy database raises here; what is left waits
-            write = self._unwritten[0]
+            write = self._unwritten.first()
             readings = write.stream == READINGS
             stored = self.buffer.commit(
                 write.stream,
@@ -422,8 +412,7 @@ class Daemon:
                 write.totals,
                 seal_with=(self.signer, now_ms()) if readings else None,
             )
-            self._unwritten.popleft()
-            self._unwritten_records -= len(write.records)
+            self._unwritten.done()
             if not readings:
                 continue
             if stored:
@@ -439,18 +428,12 @@ class Daemon:
         if self.accounting:
             self.accounting.observe(batch)  # publishes a clock step with the alarms
         elif (correction := stamp(self.clock, batch)) is not None:
-            self._queue(_Write(ALARMS, [canonical(correction_event(correction))]))
-        self._queue(_Write(READINGS, [canonical(s.record()) for s in batch], pulse_totals(batch)))
+            self._queue(Write(ALARMS, [canonical(correction_event(correction))]))
+        self._queue(Write(READINGS, [canonical(s.record()) for s in batch], pulse_totals(batch)))
 
-    def _queue(self, write: _Write) -> None:
-        self._unwritten.append(write)
-        self._unwritten_records += len(write.records)
-        while self._unwritten_records > MAX_UNWRITTEN_RECORDS and len(self._unwritten) > 1:
-            dropped = self._unwritten.popleft()
-            self._unwritten_records -= len(dropped.records)
-            # Counted where the buffer counts what a full disk could not take: saved with the
-            # next transaction, reported as dropped_records.
-            self.buffer._unsaved["dropped_records"] += len(dropped.records)
+    def _queue(self, write: Write) -> None:
+        if dropped := self._unwritten.put(write):
+            self.buffer.count_lost(dropped)
 
     def _checkpoint(self) -> None:
         """Save the ledger; results of closed or revised intervals and alarms go in with it."""
@@ -522,7 +505,7 @@ class Daemon:
                 "cannot write %s at shutdown: %s; %d readings are lost",
                 self.buffer.path,
                 exc,
-                self._unwritten_records,
+                self._unwritten.records,
             )
         self.write_status_file(running=False)
         self.buffer.close()
