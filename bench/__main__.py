@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import accounting, bus, drain, ingest, memory
+from bench import accounting, bus, drain, influx, ingest, memory
 from bench.common import (
     RESULTS_DIR,
     Report,
@@ -19,7 +19,7 @@ from bench.common import (
     write_results,
 )
 
-BENCHMARKS = ("ingest", "accounting", "drain", "memory", "bus")
+BENCHMARKS = ("ingest", "accounting", "drain", "memory", "bus", "influx")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,9 @@ def parser() -> argparse.ArgumentParser:
     sizes.add_argument(
         "--repeat", type=int, help=f"ingest: runs per batch size, median kept ({FULL.repeat})"
     )
-    sizes.add_argument("--records", type=int, help=f"drain: backlog records ({FULL.records:,})")
+    sizes.add_argument(
+        "--records", type=int, help=f"drain, influx: backlog records ({FULL.records:,})"
+    )
     sizes.add_argument(
         "--baseline-records",
         type=int,
@@ -142,6 +144,8 @@ def runner(name: str, sizes: Sizes, args: argparse.Namespace) -> Callable[[], Re
         return lambda: accounting.run(sizes.snapshots, sizes.repeat, args.dir)
     if name == "bus":
         return lambda: bus.run(bus.QUICK if args.quick else bus.FULL)
+    if name == "influx":
+        return lambda: influx.run(sizes.records, args.dir)
     return lambda: memory.run(
         sizes.duration_s, args.meters, args.buses, directory=args.dir, backlog=args.backlog
     )

@@ -8,6 +8,7 @@ field keeps one type for good, as InfluxDB requires.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -41,6 +42,8 @@ Fields = dict[str, str]  # field key -> its encoded value
 
 def number(value: object) -> str | None:
     """A float field's text, or None for what is not a finite number."""
+    if type(value) is float:  # nearly every value: spare the checks below
+        return repr(value) if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     as_float = float(value)
@@ -69,9 +72,7 @@ def line(measurement: str, tags: Tags, fields: Fields, ts_ms: int) -> bytes | No
     if not fields:
         return None
     head = measurement.translate(_MEASUREMENT) + "".join(
-        f",{k.translate(_NAME)}={str(v).translate(_NAME)}"
-        for k, v in sorted(tags.items())
-        if v is not None and v != ""
+        _tag(k.translate(_NAME), v) for k, v in sorted(tags.items())
     )
     body = ",".join(f"{k.translate(_NAME)}={v}" for k, v in fields.items())
     return f"{head} {body} {int(ts_ms)}".encode()
@@ -94,17 +95,36 @@ def encoded(values: Mapping[str, object]) -> Fields:
     return fields
 
 
+def _tag(key: str, value: object) -> str:
+    """`,key=value` with the value escaped, or nothing for an empty or null value."""
+    return "" if value is None or value == "" else f",{key}={str(value).translate(_NAME)}"
+
+
+@functools.cache
+def _quantity_tag(quantity: str) -> str:
+    return _tag("quantity", quantity)
+
+
 def reading_lines(r: Mapping[str, Any], base: Tags) -> Iterator[bytes | None]:
-    """One `cgw_reading` point per value, and one `cgw_poll` point for the poll itself."""
-    tags = {**base, "device": r["device"], "clock": r.get("clock")}
+    """One `cgw_reading` point per value, and one `cgw_poll` point for the poll itself.
+
+    The hot path of a drain: the tags are written out in `line`'s sorted order (clock, device,
+    flag, gateway, quantity, site) without building and sorting a dict for every value."""
+    ts = int(r["ts"])
+    clock_device = _tag("clock", r.get("clock")) + _tag("device", r["device"])
+    gateway, site = _tag("gateway", base.get("gateway")), _tag("site", base.get("site"))
     flags = r.get("flags") or {}
     for quantity, value in r["values"].items():
         text = number(value)
         if text is not None:
-            point_tags = {**tags, "quantity": quantity, "flag": flags.get(quantity)}
-            yield line(READING, point_tags, {"value": text}, r["ts"])
+            flag = _tag("flag", flags.get(quantity)) if flags else ""
+            yield (
+                f"{READING}{clock_device}{flag}{gateway}{_quantity_tag(quantity)}{site} "
+                f"value={text} {ts}"
+            ).encode()
     ok = "1i" if r["quality"] in ANSWERED else "0i"
-    yield line(POLL, {**tags, "quality": r["quality"]}, {"ok": ok}, r["ts"])
+    quality = _tag("quality", r["quality"])
+    yield f"{POLL}{clock_device}{gateway}{quality}{site} ok={ok} {ts}".encode()
 
 
 def quality_fields(r: Mapping[str, Any]) -> Fields:

@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from buffer.canonical import canonical
 from buffer.store import Buffer
@@ -110,6 +112,49 @@ def test_a_reading_is_one_point_per_value_and_one_for_the_poll() -> None:
         "cgw_poll,device=m2,gateway=gw\\ 1,quality=timeout,site=plant\\,a ok=0i 1732233600200",
     ]
     assert skipped == 0
+
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=8)
+numbers = st.one_of(st.floats(allow_nan=False), st.integers(-(2**53), 2**53), st.none())
+
+
+@given(
+    device=names,
+    site=names,
+    gateway=names,
+    clock=st.sampled_from([None, "unsynced"]),
+    quality=st.sampled_from(["ok", "out_of_range", "timeout", "exception"]),
+    values=st.dictionaries(names, numbers, max_size=6),
+    flags=st.dictionaries(names, st.sampled_from(["out_of_range", "rate_limited", ""])),
+    ts=st.integers(0, 2**42),
+)
+def test_the_readings_fast_path_writes_what_the_generic_encoder_does(
+    device: str,
+    site: str,
+    gateway: str,
+    clock: str | None,
+    quality: str,
+    values: dict[str, float | int | None],
+    flags: dict[str, str],
+    ts: int,
+) -> None:
+    from gateway.lineprotocol import POLL, READING, line, number
+
+    record = {"device": device, "ts": ts, "quality": quality, "values": values, "flags": flags}
+    if clock:
+        record["clock"] = clock
+    base = {"site": site, "gateway": gateway, "device": device, "clock": clock}
+    expected = [
+        line(READING, {**base, "quantity": q, "flag": flags.get(q)}, {"value": text}, ts)
+        for q, v in values.items()
+        if (text := number(v)) is not None
+    ]
+    ok = "1i" if quality in ("ok", "out_of_range") else "0i"
+    expected.append(line(POLL, {**base, "quality": quality}, {"ok": ok}, ts))
+    body = orjson.dumps(
+        {"gateway": gateway, "site": site, "stream": "readings", "records": [record]}
+    )
+    assert envelope_lines(body) == (expected, 0)
 
 
 def test_interval_site_and_alarm_records() -> None:
