@@ -388,6 +388,20 @@ class Buffer:
             db.executemany("UPDATE envelopes SET delivered_ms = ? WHERE seq = ?", batch)
             self._set_state(db, last_delivered_ms=now_ms)
 
+    def mark_undelivered(self, first_seq: int, last_seq: int) -> list[int]:
+        """Send these envelopes again (the platform asks to fill a gap): the stored ones in the
+        range are marked undelivered. Returns the seqs still stored in the range."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE envelopes SET delivered_ms = NULL WHERE seq BETWEEN ? AND ?",
+                (first_seq, last_seq),
+            )
+            rows = db.execute(
+                "SELECT seq FROM envelopes WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                (first_seq, last_seq),
+            ).fetchall()
+        return [seq for (seq,) in rows]
+
     def used_bytes(self) -> int:
         pages = self.db.execute("PRAGMA page_count").fetchone()[0]
         free = self.db.execute("PRAGMA freelist_count").fetchone()[0]

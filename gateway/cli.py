@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from buffer.keys import SigningKeyError
 from buffer.store import BufferFormatError
 from gateway import __version__
-from gateway.config import DEFAULT_PATH, Config, ConfigError, load
+from gateway.config import DEFAULT_PATH, Config, ConfigError
 
 EX_USAGE = 2  # argparse's own
 EX_DATAERR = 65  # sysexits: input data (here the buffer file) in a form we cannot use
@@ -38,13 +39,23 @@ def _setup_logging(level: str) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load(args.config)
+    """The configuration in use: the provisioned file, or one applied since by command."""
+    from gateway.applied import effective
+
+    return effective(Path(args.config))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.daemon import Daemon
 
-    return Daemon(_config(args)).run()
+    daemon = Daemon(_config(args))
+    status = daemon.run()
+    if daemon.restart_requested:
+        # A configuration applied by command: the same command line, a fresh process (same pid,
+        # so systemd keeps supervising it).
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    return status
 
 
 def cmd_provision(args: argparse.Namespace) -> int:

@@ -69,6 +69,18 @@ class InfluxConfig:
 
 
 @dataclass(frozen=True)
+class CommandsConfig:
+    """Signed downlink commands (docs/COMMANDS.md): off until a platform key is pinned."""
+
+    platform_keys: tuple[str, ...] = ()  # base64 of the raw 32-byte Ed25519 public keys
+    probation_s: float = 120.0  # a config applied by command must prove healthy within this
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.platform_keys)
+
+
+@dataclass(frozen=True)
 class BufferConfig:
     commit_interval_s: float = 1.0
     seal_interval_s: float = 5.0
@@ -191,6 +203,7 @@ class Config:
     pulse_inputs: tuple[PulseInput, ...] = ()
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     influxdb: InfluxConfig = field(default_factory=InfluxConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
 
     @property
     def topic_base(self) -> str:
@@ -322,6 +335,34 @@ def _influxdb(table: Table, base: Path) -> InfluxConfig:
             raise table.error(name, "must not be empty")
     table.done()
     return influx
+
+
+def _commands(table: Table, base: Path) -> CommandsConfig:
+    from buffer.keys import load_public_key
+
+    keys: list[tuple[str, str]] = []  # (key path for errors, text)
+    listed = table.get("platform_keys", list, [])
+    keys.extend((f"platform_keys[{i}]", k) for i, k in enumerate(listed))
+    if "platform_key_file" in table.data:
+        path = _path(table, "platform_key_file", base=base)
+        try:
+            lines = path.read_text(encoding="ascii").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise table.error("platform_key_file", f"cannot read {path}: {exc}") from None
+        keys.extend(("platform_key_file", line) for line in lines if line.strip())
+    for name, text in keys:
+        try:
+            load_public_key(text if isinstance(text, str) else "")
+        except ValueError:
+            raise table.error(
+                name, "not an Ed25519 public key (base64 of its 32 raw bytes, one key a line)"
+            ) from None
+    commands = CommandsConfig(
+        platform_keys=tuple(k.strip() for _, k in keys),
+        probation_s=table.number("probation_s", 120.0, 10.0, 3600.0),
+    )
+    table.done()
+    return commands
 
 
 def _buffer(table: Table) -> BufferConfig:
@@ -570,6 +611,7 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
         pulse_inputs=tuple(pulse_inputs),
         accounting=parse_accounting(root, _sources(devices, pulse_inputs)),
         influxdb=_influxdb(root.table("influxdb"), base),
+        commands=_commands(root.table("commands"), base),
     )
     root.done()
     return config
@@ -585,6 +627,11 @@ def load(path: str | Path) -> Config:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), "", "is not UTF-8 text") from None
+    return loads(text, path)
+
+
+def loads(text: str, path: str | Path) -> Config:
+    """A configuration from TOML text, as if read from `path` (relative paths start there)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

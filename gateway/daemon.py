@@ -26,6 +26,7 @@ from drivers.snapshot import Snapshot
 from gateway import __version__
 from gateway.accounting.service import ALARMS, Accounting
 from gateway.clock import ClockWatch, correction_event, stamp
+from gateway.command_host import CommandHost
 from gateway.config import AnyDevice, Config, PulseInput
 from gateway.fleet import bus_error_rates, cpu_temperature_c
 from gateway.influx import InfluxSink
@@ -177,6 +178,8 @@ class Daemon:
         for pulse_poller in self.pulse_pollers:
             self.liveness.watch(f"pulse input {pulse_poller.input.id}", pulse_poller)
         self.watchdog = Watchdog(self.liveness)
+        self.restart_requested = False
+        self.command_host = CommandHost(self) if self.uplink and config.commands.enabled else None
 
     # -- what the platform and `cgw status` see ----------------------------------------
 
@@ -310,12 +313,19 @@ class Daemon:
         now = time.monotonic()
         if now >= self._buffer_retry_at:
             self._buffer_step(now)
+        if self.command_host:
+            self.command_host.step(now)
         if now >= self._next_status_file:
             self._next_status_file = now + STATUS_FILE_EVERY_S
             try:
                 self.write_status_file()
             except OSError as exc:
                 log.warning("cannot write %s/status.json: %s", self.config.runtime_dir, exc)
+
+    def restart(self) -> None:
+        """Stop cleanly, then start again (`cgw run` executes itself anew): a new configuration."""
+        self.restart_requested = True
+        self.stop_requested.set()
 
     def _up(self) -> bool:
         """Every bus has been polled once, answered or not (READY=1 for systemd)."""

@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from drivers.dlt645.client import Dlt645Bus
@@ -134,7 +135,9 @@ class BusPoller:
         # is due, when it will wake. A read that never returns leaves it behind.
         self.heartbeat = time.monotonic()
         self._reader = LineReader(bus, devices)
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set with a new job and on stop
         self._thread = threading.Thread(target=self._run, name=f"bus-{bus.id}", daemon=True)
 
     def start(self) -> None:
@@ -144,6 +147,28 @@ class BusPoller:
     def stop(self) -> None:
         """Ask the loop to stop after the current transaction."""
         self._stop.set()
+        self._wake.set()
+
+    def between_polls(self, job: Callable[[], None]) -> None:
+        """Run `job` in the bus thread between two polls, with the line closed: a scan uses the
+        line without colliding with polling. Polls due meanwhile wait; a long job should beat
+        `heartbeat` itself."""
+        self._jobs.put(job)
+        self._wake.set()
+
+    def _run_jobs(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            self._reader.close()  # the next poll opens the line again
+            self.heartbeat = time.monotonic()
+            try:
+                job()
+            except Exception:  # a job's own failure must not end polling
+                log.exception("bus %s: a job between polls failed", self.bus.id)
+            self.heartbeat = time.monotonic()
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -154,12 +179,14 @@ class BusPoller:
         start = time.monotonic()
         schedules = [_Schedule(d, start) for d in self.devices]
         while not self._stop.is_set():
+            self._run_jobs()
             schedule = min(schedules, key=lambda s: s.due)
             wait = schedule.due - time.monotonic()
             if wait > 0:
                 self.heartbeat = schedule.due
-                if self._stop.wait(wait):
-                    break
+                self._wake.wait(wait)  # until due, or a job or stop arrives
+                self._wake.clear()
+                continue
             self._poll(schedule)
             self._account(schedules)
 

@@ -30,6 +30,8 @@ from gateway.config import Config
 
 log = logging.getLogger("cgw.uplink")
 
+MAX_QUEUED_COMMANDS = 100
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -66,6 +68,10 @@ class Uplink:
         self._live_mark = 0
         self._live_cursor = 0
         self._backlog_cursor = 0
+        # Downlink commands (name, payload) for the main thread, when platform keys are pinned.
+        self.accept_commands = config.commands.enabled
+        self.commands: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self.commands_dropped = 0
         self.client = self._make_client()
         self._thread = threading.Thread(target=self._network, name="mqtt", daemon=True)
 
@@ -104,6 +110,7 @@ class Uplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         # Only the network thread writes to the socket. paho, run by our own thread's loop() rather
         # than loop_start(), otherwise writes from the thread that calls publish() too; two writers
         # interleave packets, the broker drops the connection as malformed and may already have
@@ -179,6 +186,8 @@ class Uplink:
         self.state.connects += 1
         self.state.last_error = None
         log.info("connected to broker %s:%d", self.mqtt.host, self.mqtt.port)
+        if self.accept_commands:
+            client.subscribe(self.topic("cmd/+"), qos=1)
         self._just_connected.set()
 
     def _on_disconnect(
@@ -202,6 +211,16 @@ class Uplink:
         properties: object,
     ) -> None:
         self._acks.put((mid, not reason.is_failure))
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        prefix = self.topic("cmd/")
+        name = message.topic[len(prefix) :]
+        if not message.topic.startswith(prefix) or "/" in name:
+            return
+        if self.commands.qsize() >= MAX_QUEUED_COMMANDS:
+            self.commands_dropped += 1  # the main thread is behind: a flood, not the platform
+            return
+        self.commands.put((name, bytes(message.payload)))
 
     # -- main thread ----------------------------------------------------------------------
 
@@ -282,6 +301,16 @@ class Uplink:
         if self.state.connected:
             payload = self._status_payload("online", **self.health())
             self.client.publish(self.topic("status"), payload, qos=1, retain=True)
+
+    def publish_reply(self, name: str, payload: bytes) -> None:
+        """A command's reply, at QoS 1 (queued by paho while the broker is away)."""
+        self.client.publish(self.topic(f"cmd/{name}/reply"), payload, qos=1)
+
+    def rewind(self, first_seq: int, last_seq: int) -> None:
+        """Envelopes first..last were marked undelivered again (a resend command): take them up
+        with the backlog, behind the live data."""
+        self._backlog_cursor = min(self._backlog_cursor, first_seq - 1)
+        self._live_mark = max(self._live_mark, min(last_seq, self._live_cursor))
 
     @property
     def inflight(self) -> int:

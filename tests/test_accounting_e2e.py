@@ -12,6 +12,7 @@ from drivers.emulation.server import EmulatorServer
 from gateway.localbroker import LocalBroker
 from tests.support.gateway import DaemonProcess, Meter, write_config
 from tests.support.platform import Subscriber, wait_until
+from tests.support.schemas import problems, schema_for
 from tests.test_gateway_e2e import check_independently, public_key
 
 ACCOUNTING = """
@@ -115,4 +116,11 @@ def test_intervals_and_alarms_reach_the_platform_signed_in_one_chain(
     assert (alarm["alarm"], alarm["state"]) == ("limit:incomer:voltage_l1_v:above", "raised")
     meta = platform.last_json("meta")
     assert [m["role"] for m in meta["accounting"]["meters"]] == ["grid_import", "load"]
+    # Every message the gateway published, of every kind, is what docs/schemas/ documents.
+    kinds = {schema_for(m.topic) for m in platform.messages}
+    assert kinds == {"status", "meta", "readings", "intervals", "alarms"}
+    states = {json.loads(m.payload)["state"] for m in platform.on("status")}
+    assert states == {"online", "offline"}
+    for message in platform.messages:
+        assert problems(schema_for(message.topic), message.payload) == [], message.topic
     assert "Traceback" not in DaemonProcess(config).logs()

@@ -26,7 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from drivers.snapshot import OK as QUALITY_OK
 from drivers.snapshot import OUT_OF_RANGE, Snapshot
 from drivers.vocabulary import vocabulary
-from gateway.config import AnyDevice, Bus, Config, MqttConfig, SerialBus, load
+from gateway.applied import effective
+from gateway.config import AnyDevice, Bus, Config, MqttConfig, SerialBus
 from gateway.poller import LineReader
 from gateway.tools.port import busy_message, port_holders
 from gateway.tools.text import table
@@ -484,7 +485,7 @@ def exit_status(findings: list[Finding], strict: bool) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load(args.config)
+    config = effective(Path(args.config))
     limits = Limits.nominal(args.nominal_voltage, args.frequency)
     findings = run_check(config, args.seconds, limits)
     if args.json:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from drivers.dlt645.identifiers import Dlt645Device
 from drivers.profile import load_shipped_profile
 from drivers.snapshot import EXCEPTION, INVALID_RESPONSE, NO_CONNECTION, OK, OUT_OF_RANGE, Snapshot
 from drivers.vocabulary import vocabulary
-from gateway.config import AnyDevice, Bus, Config, Device, SerialBus, TcpBus, load
+from gateway.applied import effective
+from gateway.config import AnyDevice, Bus, Config, Device, SerialBus, TcpBus
 from gateway.poller import LineReader
 from gateway.tools.plan import line_settings, plan_for, render
 from gateway.tools.port import ToolError, busy_message, port_holders
@@ -137,7 +139,7 @@ def _format(value: float) -> str:
 
 def cmd_read(args: argparse.Namespace) -> int:
     if args.device:
-        bus, device = target_from_config(load(args.config), args.device)
+        bus, device = target_from_config(effective(Path(args.config)), args.device)
     else:
         bus, device = target_from_arguments(args)
     explained = plan_for(device, bus)
@@ -161,7 +163,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    bus, device = target_from_config(load(args.config), args.device)
+    bus, device = target_from_config(effective(Path(args.config)), args.device)
     explained = plan_for(device, bus)
     print(json.dumps(explained.as_dict(), indent=2) if args.json else render(explained))
     return 0
