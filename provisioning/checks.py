@@ -11,6 +11,7 @@ from provisioning import configgen, layout, tls
 from provisioning.credentials import password_source
 from provisioning.errors import Exit, ProvisionError
 from provisioning.inventory import Entry
+from provisioning.platformkey import platform_key_source
 from provisioning.service import find_unit
 from provisioning.signing import check_signing_key, refuse_unsafe
 from provisioning.target import Target
@@ -81,6 +82,7 @@ def check(
     force: bool,
     cert_bundle: Path | None,
     mqtt_password_file: Path | None,
+    platform_key: Path | None = None,
     unit_file: Path | None,
 ) -> Plan:
     if target.root is None and not target.dry_run and os.geteuid() != 0:
@@ -104,8 +106,9 @@ def check(
     password = password_source(target, entry, mqtt_password_file)
     unit_source = find_unit(unit_file)
     template = configgen.read_template(entry.template) if entry.template else None
-    text = configgen.render(entry, configgen.build(entry, template))
-    config = configgen.validate(text, target.path(layout.CONFIG), password)
+    pinned = platform_key_source(target, platform_key)
+    text = configgen.render(entry, configgen.build(entry, template, pinned is not None))
+    config = configgen.validate(text, target.path(layout.CONFIG), password, pinned)
     done.append(f"config valid ({len(config.buses)} buses, {len(config.devices)} devices)")
     notes = _reuse_notes(target, entry, done[1])
     notes += [

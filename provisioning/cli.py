@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the MQTT password, for a row with mqtt_username; installed as /etc/cgw/mqtt.password",
     )
     parser.add_argument(
+        "--platform-key",
+        type=Path,
+        metavar="FILE",
+        help="the platform's public key(s) for signed commands; installed as /etc/cgw/platform.pub",
+    )
+    parser.add_argument(
         "--unit-file",
         type=Path,
         metavar="FILE",
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             force=args.force,
             mqtt_password_file=args.mqtt_password_file,
+            platform_key=args.platform_key,
             unit_file=args.unit_file,
         )
     )

@@ -26,6 +26,7 @@ TABLE_KINDS: dict[str, type] = {
     "buffer": dict,
     "profiles": dict,
     "accounting": dict,
+    "commands": dict,
     "buses": list,
     "devices": list,
     "pulse_inputs": list,
@@ -110,7 +111,9 @@ def _bus_settings(entry: Entry, buses: list[dict[str, Any]], template: str) -> N
                 ) from None
 
 
-def build(entry: Entry, template: dict[str, Any] | None) -> dict[str, Any]:
+def build(
+    entry: Entry, template: dict[str, Any] | None, platform_key: bool = False
+) -> dict[str, Any]:
     """The config as TOML data, in a fixed order."""
     base = copy.deepcopy(template or {})
     template_name = entry.template.name if entry.template else "no template"
@@ -142,6 +145,8 @@ def build(entry: Entry, template: dict[str, Any] | None) -> dict[str, Any]:
     for name in ("devices", "pulse_inputs", "accounting"):
         if name in base:
             data[name] = base[name]
+    if platform_key:
+        data["commands"] = {**base.get("commands", {}), "platform_key_file": layout.PLATFORM_KEY}
     return data
 
 
@@ -155,12 +160,16 @@ def render(entry: Entry, data: dict[str, Any]) -> str:
     return tomlwriter.dumps(data, header)
 
 
-def validate(text: str, config_path: Path, password_file: Path | None) -> Config:
+def validate(
+    text: str, config_path: Path, password_file: Path | None, platform_key: Path | None = None
+) -> Config:
     """Validate with the gateway's own loader, as `cgw run` will read the file. `password_file`
-    is where the MQTT password is read now (under --root, or the file about to be installed)."""
+    and `platform_key` are where those are read now (under --root, or about to be installed)."""
     data = tomllib.loads(text)
     if password_file is not None and "password_file" in data.get("mqtt", {}):
         data["mqtt"]["password_file"] = str(password_file)
+    if platform_key is not None and "commands" in data:
+        data["commands"]["platform_key_file"] = str(platform_key)
     try:
         return parse(data, config_path)
     except ConfigError as exc:

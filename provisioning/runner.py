@@ -16,13 +16,14 @@ from provisioning.credentials import ensure_password
 from provisioning.errors import Exit, ProvisionError
 from provisioning.files import Change, describe, ensure_dir, ensure_file
 from provisioning.inventory import Entry, read_inventory
+from provisioning.platformkey import ensure_platform_key, key_ids
 from provisioning.service import ensure_service
 from provisioning.signing import SigningKey, ensure_signing_key
 from provisioning.target import ROOT, Ids, Target
 from provisioning.tls import Tls, ensure_tls
 from provisioning.udev import ensure_rules
 
-STEPS = 10
+STEPS = 11
 REFUSALS = {
     Exit.SERIAL_UNKNOWN,
     Exit.INVENTORY,
@@ -45,6 +46,7 @@ class Options:
     dry_run: bool = False
     force: bool = False
     mqtt_password_file: Path | None = None
+    platform_key: Path | None = None
     unit_file: Path | None = None
 
 
@@ -109,6 +111,7 @@ class Provisioning:
             force=self.o.force,
             cert_bundle=self.o.cert_bundle,
             mqtt_password_file=self.o.mqtt_password_file,
+            platform_key=self.o.platform_key,
             unit_file=self.o.unit_file,
         )
         self.progress.notes.extend(self.plan.notes)
@@ -155,6 +158,15 @@ class Provisioning:
             return "skipped: no mqtt_username in the inventory", False
         return self.progress.files([change])
 
+    def _platform_key(self) -> tuple[str, bool]:
+        change = ensure_platform_key(self.target, self.o.platform_key, self._root_cgw or ROOT)
+        if change is None:
+            return "skipped: no --platform-key: the gateway takes no commands", False
+        ids = (
+            ", ".join(key_ids(self.target.path(layout.PLATFORM_KEY))) if not self.o.dry_run else ""
+        )
+        return self.progress.files([change], f"key id {ids}" if ids else "")
+
     def _config(self) -> tuple[str, bool]:
         t = self.target
         path = t.path(layout.CONFIG)
@@ -188,6 +200,7 @@ class Provisioning:
         p.step("signing key", self._signing)
         p.step("TLS key and CSR", self._tls)
         p.step("MQTT password", self._password)
+        p.step("platform key", self._platform_key)
         p.step("config", self._config)
         p.step("udev rules", self._udev)
         p.step("service", self._service)

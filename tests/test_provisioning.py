@@ -232,7 +232,7 @@ def test_fresh_provision_creates_the_whole_tree(tmp_path: Path, site: Path) -> N
     done = cli(args(site, root))
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert [int(n) for n in re.findall(r"^\[(\d+)/10\]", out, re.MULTILINE)] == list(range(1, 11))
+    assert [int(n) for n in re.findall(r"^\[(\d+)/11\]", out, re.MULTILINE)] == list(range(1, 12))
 
     # The service user: a system account without a login, in dialout and gpio.
     user = colon_entry(root / "etc/passwd", "cgw")
@@ -320,13 +320,14 @@ def test_a_second_run_changes_nothing(tmp_path: Path, site: Path) -> None:
     again = cli(args(site, root))
     assert again.returncode == 0, again.stderr
     assert snapshot(root) == before  # same bytes, mtimes, modes and owners, nothing added
-    steps = re.findall(r"^\[(\d+)/10\] ([^:]+): (\w+)", again.stdout, re.MULTILINE)
+    steps = re.findall(r"^\[(\d+)/11\] ([^:]+): (\w+)", again.stdout, re.MULTILINE)
     assert {name: word for _, name, word in steps if int(_) > 2} == {
         "service user": "unchanged",
         "directories": "unchanged",
         "signing key": "unchanged",
         "TLS key and CSR": "unchanged",
         "MQTT password": "skipped",
+        "platform key": "skipped",
         "config": "unchanged",
         "udev rules": "unchanged",
         "service": "unchanged",
@@ -394,7 +395,7 @@ def test_refuses_a_signing_key_readable_by_others(tmp_path: Path, site: Path) ->
     done = cli(args(site, root))
     assert done.returncode == Exit.UNSAFE_KEY == 6
     assert f"chmod 600 {key}" in done.stderr and "readable by others" in done.stderr
-    assert "[2/10] checks: refused" in done.stdout
+    assert "[2/11] checks: refused" in done.stdout
     assert snapshot(root) == before
 
 
@@ -612,7 +613,7 @@ def test_refuses_a_bundle_that_does_not_fit(
         status, out, err = run_here(args(site, root, "--cert-bundle", str(folder)), capsys)
         assert status == Exit.BAD_BUNDLE == 9, name
         assert expected in err, (name, err)
-        assert "[2/10] checks: refused" in out
+        assert "[2/11] checks: refused" in out
     assert snapshot(root) == before
 
 
@@ -636,6 +637,41 @@ def test_installs_the_mqtt_password_without_putting_it_in_the_inventory(
         data["mqtt"]["username"] == GW and data["mqtt"]["password_file"] == "/etc/cgw/mqtt.password"
     )
     assert "s3cret" not in (root / "etc/cgw/gateway.toml").read_text()
+
+
+def test_pins_the_platform_key_for_signed_commands(
+    tmp_path: Path, site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from buffer.keys import public_key_text
+    from gateway.config import parse
+    from tests.support.keys import make_signer
+
+    root = new_root(tmp_path)
+    bad = tmp_path / "bad.pub"
+    bad.write_text("not a key\n")
+    status, _, err = run_here(args(site, root, "--platform-key", str(bad)), capsys)
+    assert status == Exit.USAGE and "--platform-key" in err and not (root / "etc").exists()
+    platform = make_signer(tmp_path / "platform")
+    given = tmp_path / "platform.pub"
+    given.write_text(public_key_text(platform.public) + "\n")
+    status, out, err = run_here(args(site, root, "--platform-key", str(given)), capsys)
+    assert status == 0, err
+    assert (
+        f"[8/11] platform key: created {root}/etc/cgw/platform.pub (key id {platform.kid})" in out
+    )
+    installed = root / "etc/cgw/platform.pub"
+    assert installed.read_text() == given.read_text() and mode(installed) == 0o644
+    data = tomllib.loads((root / "etc/cgw/gateway.toml").read_text())
+    assert data["commands"] == {"platform_key_file": "/etc/cgw/platform.pub"}
+    data["commands"]["platform_key_file"] = str(installed)
+    data["mqtt"].pop("tls")  # its files are not made by provisioning: not what this test is about
+    config = parse(data, root / "etc/cgw/gateway.toml")
+    assert config.commands.enabled and config.commands.platform_keys == (
+        public_key_text(platform.public),
+    )
+    # A re-run without the option keeps the installed key pinned.
+    status, out, _ = run_here(args(site, root), capsys)
+    assert status == 0 and "[8/11] platform key: unchanged" in out
 
 
 # --- the pieces ---------------------------------------------------------------------------------
@@ -727,4 +763,4 @@ def test_refuses_an_unusable_signing_key_before_writing(
     key.chmod(0o600)
     status, out, err = run_here(args(site, root), capsys)
     assert status == Exit.UNSAFE_KEY and "cannot load the signing key" in err
-    assert "[2/10] checks: refused" in out and not (root / "etc").exists()
+    assert "[2/11] checks: refused" in out and not (root / "etc").exists()
