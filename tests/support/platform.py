@@ -29,6 +29,8 @@ class Subscriber:
     topic: str = "cgw/v1/#"
     messages: list[Received] = field(default_factory=list)
     client_id: str = field(default_factory=lambda: f"platform-{uuid.uuid4().hex[:8]}")
+    username: str | None = None
+    password: str | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -40,6 +42,8 @@ class Subscriber:
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
+        if self.username is not None:
+            self.client.username_pw_set(self.username, self.password)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._lock:
