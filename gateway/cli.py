@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from buffer.keys import SigningKeyError
@@ -81,80 +81,59 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_lines(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        for line in f:
-            if line.strip():
-                yield line.rstrip(b"\r\n")
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
-    from buffer.keys import key_id, load_public_key
-    from buffer.verify import verify
+    from buffer.keys import key_id
+    from buffer.verify import Verifier
     from gateway.daemon import open_buffer
     from gateway.status import public_key
+    from gateway.verifycli import (
+        VerifyError,
+        capture_lines,
+        feed,
+        listen,
+        print_report,
+        registered_keys,
+    )
 
-    keys = {}
-    for text in args.public_key or []:
-        candidate = Path(text)
-        try:
-            material = candidate.read_text(encoding="ascii") if candidate.exists() else text
-            key = load_public_key(material)
-        except (OSError, ValueError) as exc:
-            raise CommandError(
-                f"--public-key {text}: not an Ed25519 public key ({exc})", EX_USAGE
-            ) from None
-        keys[key_id(key)] = key
-    bodies: Iterator[bytes]
-    if args.capture:
-        if not keys:
-            raise CommandError(
-                "--capture needs the gateways' public keys: give --public-key", EX_USAGE
+    try:
+        keys, owners = registered_keys(args)
+        if (args.capture or args.broker) and not keys:
+            raise VerifyError(
+                f"{'--capture' if args.capture else '--broker'} needs the gateways' public keys: "
+                "give --public-key or --keys",
+                EX_USAGE,
             )
-        try:
-            bodies = iter(list(_read_lines(Path(args.capture))))
-        except OSError as exc:
-            raise CommandError(f"{args.capture}: cannot read: {exc.strerror}") from None
-        source = args.capture
-    else:
-        config = _config(args)
-        if not keys:
-            own = public_key(config)
-            if own is None:
-                raise CommandError(
-                    f"{config.signing_key}: no signing key to verify with; give --public-key"
-                )
-            keys[key_id(own)] = own
-        db = config.data_dir / "buffer.db"
-        if not db.exists():
-            raise CommandError(f"{db}: no buffer database yet")
-        buffer = open_buffer(config, read_only=True)
-        bodies = iter(list(buffer.envelopes()))
-        buffer.close()
-        source = str(db)
-    report = verify(bodies, keys)
-    if args.json:
-        print(json.dumps({"source": source, **report.as_dict()}, indent=2))
-    else:
-        print(f"verified {source}")
-        for gateway, r in sorted(report.gateways.items()):
-            print(
-                f"  gateway {gateway}: {r.envelopes} envelopes, {r.records} readings, seq {r.first_seq}-{r.last_seq}, "
-                f"{r.duplicates} identical re-sends, completeness {r.completeness:.2%}"
-            )
-            for first, last in r.missing:
-                print(
-                    f"    missing seq {first}-{last}"
-                    if first != last
-                    else f"    missing seq {first}"
-                )
-        for p in report.problems:
-            print(f"  {p.kind.upper()}: gateway {p.gateway} seq {p.seq}: {p.detail}")
-        if not report.gateways and not report.problems:
-            print("  no envelopes")
-    if report.tampered:
-        return 1
-    return 3 if report.gaps else 0
+        verifier = Verifier(keys, owners)
+        if args.capture:
+            try:
+                for topic, payload in capture_lines(Path(args.capture)):
+                    feed(verifier, topic, payload)
+            except OSError as exc:
+                raise VerifyError(f"{args.capture}: cannot read: {exc.strerror}") from None
+            source = args.capture
+        elif args.broker:
+            received = listen(args, verifier)
+            source = f"{args.broker} {args.topic} ({received} envelopes)"
+        else:
+            config = _config(args)
+            if not keys:
+                own = public_key(config)
+                if own is None:
+                    raise VerifyError(
+                        f"{config.signing_key}: no signing key to verify with; give --public-key"
+                    )
+                verifier.keys = {key_id(own): own}
+            db = config.data_dir / "buffer.db"
+            if not db.exists():
+                raise VerifyError(f"{db}: no buffer database yet")
+            buffer = open_buffer(config, read_only=True)
+            for body in list(buffer.envelopes()):
+                verifier.add(body)
+            buffer.close()
+            source = str(db)
+    except VerifyError as exc:
+        raise CommandError(str(exc), exc.status) from None
+    return print_report(args, source, verifier.report())
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
@@ -295,15 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify = command(
         "verify",
         cmd_verify,
-        "Check signatures, hash chain and sequence of the local buffer or a capture.",
+        "Check signatures, hash chain and sequence: of the local buffer, a capture, or live.",
     )
-    verify.add_argument(
-        "--capture", help="a file of envelopes, one per line (e.g. saved by mosquitto_sub)"
-    )
-    verify.add_argument(
-        "--public-key", action="append", help="a public key (base64 or a file); repeatable"
-    )
-    verify.add_argument("--json", action="store_true", help="machine-readable report")
+    from gateway.verifycli import add_arguments as add_verify_arguments
+
+    add_verify_arguments(verify)
     command("profiles", cmd_profiles, "List the meter profiles shipped with cgw.", config=False)
     from provisioning.cli import add_arguments as add_provision_arguments
 

@@ -93,3 +93,41 @@ def test_reordered_envelopes_from_another_chain_break_it(
     spliced = [*bodies[:2], list(other.envelopes())[2]]
     report = verify(spliced, {**keys, signer.kid: signer.public})
     assert [(p.seq, p.kind) for p in report.problems] == [(3, "chain_break")]
+
+
+def test_an_envelope_on_another_gateways_topic_is_refused(chain: tuple[list[bytes], dict]) -> None:
+    from buffer.verify import Verifier
+
+    bodies, keys = chain
+    verifier = Verifier(keys)
+    assert verifier.add(bodies[0], "cgw/v1/s/gw-1/readings") is None
+    problem = verifier.add(bodies[1], "cgw/v1/s/gw-2/readings")
+    assert problem is not None and problem.kind == "wrong_topic"
+    assert verifier.add(bodies[2], "cgw/v1/s/gw-1/alarms").kind == "wrong_topic"  # type: ignore[union-attr]
+
+
+def test_a_key_vouches_only_for_the_gateway_it_is_registered_for(
+    chain: tuple[list[bytes], dict],
+) -> None:
+    from buffer.verify import Verifier
+
+    bodies, keys = chain
+    (kid,) = keys
+    assert Verifier(keys, {kid: "gw-1"}).add(bodies[0]) is None
+    problem = Verifier(keys, {kid: "gw-2"}).add(bodies[0])
+    assert problem is not None and problem.kind == "wrong_key"
+
+
+def test_devices_are_counted_against_their_poll_interval(chain: tuple[list[bytes], dict]) -> None:
+    from buffer.verify import Verifier
+
+    bodies, keys = chain
+    verifier = Verifier(keys)
+    for body in bodies[:2] + bodies[3:]:  # 12 of the 15 readings, one a millisecond
+        verifier.add(body)
+    device = verifier.report().gateways["gw-1"].devices["m1"]
+    assert (device.readings, device.ok, device.expected) == (12, 12, None)
+    verifier.add_meta(b'{"gateway":"gw-1","devices":[{"id":"m1","interval_s":0.001}]}')
+    device = verifier.report().gateways["gw-1"].devices["m1"]
+    assert (device.expected, device.completeness) == (15, 0.8)
+    assert device.as_dict()["meets_required"] is False
