@@ -141,3 +141,22 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
         and "no such file" in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+def test_commands_need_a_valid_pinned_key(tmp_path: Path) -> None:
+    from buffer.keys import public_key_text
+    from gateway.config import ConfigError, loads
+    from tests.support.keys import make_signer
+
+    base = '[gateway]\nid = "gw"\nsite = "s"\n[mqtt]\nenabled = false\n'
+    assert not loads(base, tmp_path / "g.toml").commands.enabled
+    key = public_key_text(make_signer(tmp_path).public)
+    (tmp_path / "platform.pub").write_text(f"{key}\n")
+    config = loads(base + '[commands]\nplatform_key_file = "platform.pub"\n', tmp_path / "g.toml")
+    assert config.commands.enabled and config.commands.platform_keys == (key,)
+    with pytest.raises(ConfigError, match=r"commands.platform_keys\[0\]: not an Ed25519"):
+        loads(base + '[commands]\nplatform_keys = ["abc"]\n', tmp_path / "g.toml")
+    with pytest.raises(ConfigError, match="commands.platform_key_file: cannot read"):
+        loads(base + '[commands]\nplatform_key_file = "none.pub"\n', tmp_path / "g.toml")
+    with pytest.raises(ConfigError, match="commands.probation_s: must be between 10 and 3600"):
+        loads(base + "[commands]\nprobation_s = 1\n", tmp_path / "g.toml")

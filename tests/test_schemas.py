@@ -89,3 +89,17 @@ def test_the_tests_reject_what_the_schemas_do_not_document_consumers_accept_it(
 )
 def test_topics_map_to_their_schema(topic: str, schema: str) -> None:
     assert schema_for(topic) == schema
+
+
+def test_the_asyncapi_document_names_every_topic_and_existing_schemas() -> None:
+    document = json.loads((SCHEMAS.parent / "asyncapi.json").read_text())
+    assert document["asyncapi"].startswith("3.")
+    addresses = {c["address"] for c in document["channels"].values()}
+    for leaf in ("status", "meta", "readings", "intervals", "alarms", "cmd/{name}", "cmd/{name}/reply"):
+        assert f"cgw/v1/{{site}}/{{gateway}}/{leaf}" in addresses
+    for message in document["components"]["messages"].values():
+        target = SCHEMAS.parent / message["payload"]["schema"]["$ref"]
+        assert target.is_file(), target
+    for operation in document["operations"].values():
+        channel = operation["channel"]["$ref"].removeprefix("#/channels/")
+        assert channel in document["channels"]
