@@ -156,7 +156,7 @@ def test_commands_need_a_valid_pinned_key(tmp_path: Path) -> None:
     assert config.commands.enabled and config.commands.platform_keys == (key,)
     with pytest.raises(ConfigError, match=r"commands.platform_keys\[0\]: not an Ed25519"):
         loads(base + '[commands]\nplatform_keys = ["abc"]\n', tmp_path / "g.toml")
-    with pytest.raises(ConfigError, match="commands.platform_key_file: cannot read"):
+    with pytest.raises(ConfigError, match=r"commands\.platform_key_file: cannot read"):
         loads(base + '[commands]\nplatform_key_file = "none.pub"\n', tmp_path / "g.toml")
-    with pytest.raises(ConfigError, match="commands.probation_s: must be between 10 and 3600"):
+    with pytest.raises(ConfigError, match=r"commands\.probation_s: must be between 10 and 3600"):
         loads(base + "[commands]\nprobation_s = 1\n", tmp_path / "g.toml")

@@ -95,7 +95,15 @@ def test_the_asyncapi_document_names_every_topic_and_existing_schemas() -> None:
     document = json.loads((SCHEMAS.parent / "asyncapi.json").read_text())
     assert document["asyncapi"].startswith("3.")
     addresses = {c["address"] for c in document["channels"].values()}
-    for leaf in ("status", "meta", "readings", "intervals", "alarms", "cmd/{name}", "cmd/{name}/reply"):
+    for leaf in (
+        "status",
+        "meta",
+        "readings",
+        "intervals",
+        "alarms",
+        "cmd/{name}",
+        "cmd/{name}/reply",
+    ):
         assert f"cgw/v1/{{site}}/{{gateway}}/{leaf}" in addresses
     for message in document["components"]["messages"].values():
         target = SCHEMAS.parent / message["payload"]["schema"]["$ref"]
