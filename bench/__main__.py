@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import accounting, bus, drain, influx, ingest, memory
+from bench import accounting, bus, drain, fleet, influx, ingest, memory
 from bench.common import (
     RESULTS_DIR,
     Report,
@@ -19,7 +19,7 @@ from bench.common import (
     write_results,
 )
 
-BENCHMARKS = ("ingest", "accounting", "drain", "memory", "bus", "influx")
+BENCHMARKS = ("ingest", "accounting", "drain", "memory", "bus", "influx", "fleet")
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,10 @@ def parser() -> argparse.ArgumentParser:
         "--duration", type=float, help=f"memory: seconds of sampling ({FULL.duration_s:g})"
     )
     sizes.add_argument("--meters", type=int, default=50, help="memory: emulated meters (50)")
+    sizes.add_argument("--gateways", type=int, default=10, help="fleet: simulated gateways (10)")
+    sizes.add_argument(
+        "--gateway-records", type=int, default=20_000, help="fleet: records each drains (20,000)"
+    )
     sizes.add_argument(
         "--buses", type=int, default=5, help="memory: Modbus TCP buses they share (5)"
     )
@@ -146,6 +150,8 @@ def runner(name: str, sizes: Sizes, args: argparse.Namespace) -> Callable[[], Re
         return lambda: bus.run(bus.QUICK if args.quick else bus.FULL)
     if name == "influx":
         return lambda: influx.run(sizes.records, args.dir)
+    if name == "fleet":
+        return lambda: fleet.run(args.gateways, args.gateway_records, (1, 2), args.dir)
     return lambda: memory.run(
         sizes.duration_s, args.meters, args.buses, directory=args.dir, backlog=args.backlog
     )

@@ -1,6 +1,9 @@
 """A platform-side subscriber for the drain benchmarks, run as its own process (as the platform is).
 
-`python -m bench.subscriber --port P --topic T` subscribes at QoS 1 and counts what arrives. It
+`python -m bench.subscriber --port P --topic T [--keys FILE]` subscribes at QoS 1 and counts what
+arrives; with `--keys` (base64 public keys, one a line) it also verifies every envelope with the
+platform's verifier (buffer.verify.Verifier) and counts the problems. A `$share/...` topic makes
+it one of several consumers sharing the stream. It
 prints `ready` once subscribed, then answers commands read from stdin, one a line: `report` prints
 the counts as one JSON line, `reset` zeroes them, `quit` (or end of input) stops it. `Platform`
 starts it and asks.
@@ -16,12 +19,16 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from bench.common import Children, python
+from buffer.keys import key_id, load_public_key
+from buffer.verify import Verifier
 
 RECORD_START = b'{"device":'  # every reading record opens so (keys in JCS order)
 SEQ_FIELD = b',"seq":'
@@ -39,8 +46,9 @@ def envelope_seq(payload: bytes | bytearray) -> int | None:
 
 
 class Counter:
-    def __init__(self) -> None:
+    def __init__(self, keys: dict[str, Ed25519PublicKey] | None = None) -> None:
         self.lock = threading.Lock()
+        self.keys = keys
         self.reset()
 
     def reset(self) -> None:
@@ -51,6 +59,8 @@ class Counter:
             self.seqs: set[int] = set()
             self.first: float | None = None
             self.last: float | None = None
+            self.verifier = Verifier(self.keys) if self.keys is not None else None
+            self.problems = 0
 
     def on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         payload = message.payload
@@ -62,6 +72,8 @@ class Counter:
             self.payload_bytes += len(payload)
             if seq is not None:
                 self.seqs.add(seq)
+            if self.verifier is not None:
+                self.problems += self.verifier.add(bytes(payload), message.topic) is not None
             self.first = now if self.first is None else self.first
             self.last = now
 
@@ -72,6 +84,7 @@ class Counter:
                 "records": self.records,
                 "payload_bytes": self.payload_bytes,
                 "distinct_seqs": len(self.seqs),
+                "problems": self.problems,
                 "first_monotonic": self.first,
                 "last_monotonic": self.last,
             }
@@ -80,9 +93,10 @@ class Counter:
 class Platform:
     """The subscriber process (bench.subscriber), driven over its stdin and stdout."""
 
-    def __init__(self, children: Children, port: int, topic: str) -> None:
+    def __init__(self, children: Children, port: int, topic: str, keys: Path | None = None) -> None:
+        verify = ["--keys", str(keys)] if keys is not None else []
         self.process = children.start(
-            [python(), "-m", "bench.subscriber", "--port", str(port), "--topic", topic],
+            [python(), "-m", "bench.subscriber", "--port", str(port), "--topic", topic, *verify],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,  # unbuffered, so that select() sees every line not yet read
@@ -125,8 +139,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.subscriber")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--topic", required=True)
+    parser.add_argument("--keys", type=Path, help="verify with these public keys")
     args = parser.parse_args()
-    counter = Counter()
+    keys = None
+    if args.keys:
+        loaded = [load_public_key(line) for line in args.keys.read_text().split()]
+        keys = {key_id(k): k for k in loaded}
+    counter = Counter(keys)
     subscribed = threading.Event()
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,

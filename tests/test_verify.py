@@ -131,3 +131,25 @@ def test_devices_are_counted_against_their_poll_interval(chain: tuple[list[bytes
     device = verifier.report().gateways["gw-1"].devices["m1"]
     assert (device.expected, device.completeness) == (15, 0.8)
     assert device.as_dict()["meets_required"] is False
+
+
+def test_an_envelope_with_a_member_added_within_v1_still_verifies(tmp_path: Path) -> None:
+    """A later v1 gateway may add top-level members, even one sorting between `sig` and `site`."""
+    import base64
+    import json
+
+    from buffer.verify import Verifier
+
+    signer, _ = load_or_create(tmp_path / "signing.key")
+    unsigned = {
+        "v": 1, "gateway": "gw-1", "site": "s", "stream": "readings", "seq": 1,
+        "prev": "0" * 64, "kid": signer.kid, "created": 1, "signer_hint": "tpm",
+        "records": [{"device": "m1", "quality": "ok", "ts": 1, "values": {}}],
+    }  # fmt: skip
+    sig = base64.urlsafe_b64encode(signer.sign(canonical(unsigned))).decode().rstrip("=")
+    body = canonical({**unsigned, "sig": sig})
+    assert body.index(b'"sig"') < body.index(b'"signer_hint"') < body.index(b'"site"')
+    verifier = Verifier({signer.kid: signer.public})
+    assert verifier.add(body) is None
+    respaced = json.dumps(json.loads(body)).encode()  # same content, not JCS
+    assert verifier.add(respaced).kind == "not_canonical"  # type: ignore[union-attr]
