@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import random
 import ssl
 import threading
 import time
@@ -159,7 +160,8 @@ class Uplink:
                     self._note_error(
                         f"broker {where} closed the connection before accepting it: check {hint}"
                     )
-            if self._stopping.wait(delay):
+            # Jitter: a fleet that lost its broker together does not come back in lockstep.
+            if self._stopping.wait(delay * random.uniform(0.5, 1.0)):
                 break
             delay = min(delay * 2, self.mqtt.reconnect_max_s)
 
