@@ -72,6 +72,17 @@ class CommandHost:
         if self.probation:
             self._judge_probation(now)
 
+    def status(self) -> dict[str, object]:
+        """For status.json: what commands arrived and what became of them."""
+        stats = self.commands.stats
+        return {
+            "received": stats.received,
+            "carried_out": stats.carried_out,
+            "rejected": stats.rejected,
+            "dropped": stats.dropped + self.uplink.commands_dropped,
+            "probation": self.probation.command_id if self.probation else None,
+        }
+
     # -- probation -----------------------------------------------------------------------
 
     def healthy(self) -> bool:
@@ -81,7 +92,7 @@ class CommandHost:
             any(h.last_ok_ms is not None for p in d.pollers for h in p.health.values())
             or not d.pollers
         )
-        return d._up() and answering and self.uplink.state.connected
+        return d.all_buses_polled() and answering and self.uplink.state.connected
 
     def _judge_probation(self, now: float) -> None:
         assert self.probation is not None
@@ -97,7 +108,7 @@ class CommandHost:
             self.probation = None
         elif now >= self._probation_ends:
             problems = []
-            if not self.daemon._up():
+            if not self.daemon.all_buses_polled():
                 problems.append("not every bus was polled")
             if not self.uplink.state.connected:
                 problems.append(f"no broker connection ({self.uplink.state.last_error})")

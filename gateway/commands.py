@@ -90,15 +90,14 @@ class Commands:
         self.stats.received += 1
         now = time.monotonic()
         if now - self._window_start >= 60:
-            if self.stats.dropped and self._in_window > MAX_PER_MINUTE:
-                log.warning(
-                    "commands: %d dropped so far (over %d a minute)",
-                    self.stats.dropped,
-                    MAX_PER_MINUTE,
-                )
             self._window_start, self._in_window, self._logged_in_window = now, 0, 0
         self._in_window += 1
         if self._in_window > MAX_PER_MINUTE:
+            if self._in_window == MAX_PER_MINUTE + 1:
+                log.warning(
+                    "more than %d commands in a minute: the rest of this minute's are dropped",
+                    MAX_PER_MINUTE,
+                )
             self.stats.dropped += 1
             return
         checked = check_command(

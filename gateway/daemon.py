@@ -263,6 +263,7 @@ class Daemon:
             "buses": {p.bus.id: p.bus_health.as_dict() for p in self.pollers},
             "accounting": self.accounting.status() if self.accounting else None,
             "influxdb": self.influx.status(self.buffer) if self.influx else None,
+            "commands": self.command_host.status() if self.command_host else None,
         }
         directory = self.config.runtime_dir
         directory.mkdir(parents=True, exist_ok=True)
@@ -301,7 +302,7 @@ class Daemon:
         try:
             while not self.stop_requested.is_set():
                 self.step()
-                self.watchdog.tick(time.monotonic(), self._up, self._summary)
+                self.watchdog.tick(time.monotonic(), self.all_buses_polled, self._summary)
         finally:
             self.shutdown()
         return 0
@@ -327,7 +328,7 @@ class Daemon:
         self.restart_requested = True
         self.stop_requested.set()
 
-    def _up(self) -> bool:
+    def all_buses_polled(self) -> bool:
         """Every bus has been polled once, answered or not (READY=1 for systemd)."""
         return all(any(h.polls for h in p.health.values()) for p in self.pollers)
 

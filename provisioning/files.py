@@ -59,24 +59,18 @@ def make_parents(target: Target, path: Path) -> None:
 
 
 def ensure_dir(target: Target, path: Path, mode: int, owner: Ids | None) -> Change:
-    owner = target.owner(owner)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise ProvisionError(f"{path}: exists and is not a folder; move it away", Exit.SYSTEM)
-    if not path.exists():
-        if not target.dry_run:
-            make_parents(target, path)
-            try:
-                path.mkdir(mode=0o700)
-            except OSError as exc:
-                raise _fail(path, "create it", exc) from None
-            _set_attrs(path, mode, owner)
-        return Change(path, "created")
-    changes = _attr_changes(path.stat(), mode, owner)
-    if not changes:
-        return Change(path, "unchanged")
+    if path.exists():
+        return ensure_attrs(target, path, mode, owner)
     if not target.dry_run:
-        _set_attrs(path, mode, owner)
-    return Change(path, "updated", ", ".join(changes))
+        make_parents(target, path)
+        try:
+            path.mkdir(mode=0o700)
+        except OSError as exc:
+            raise _fail(path, "create it", exc) from None
+        _set_attrs(path, mode, target.owner(owner))
+    return Change(path, "created")
 
 
 def write_atomic(path: Path, content: bytes, mode: int, owner: Ids | None) -> None:

@@ -207,6 +207,9 @@ def test_ping_rejections_resend_and_scan(
         assert daemon.stop() == 0
     logs = daemon.logs()
     assert "rejected: unknown_key" in logs and "rejected: replayed" in logs
+    counts = json.loads((tmp_path / "run" / "status.json").read_text())["commands"]
+    # rejected: unknown key, expired, unsigned, replayed; failed (bad_args) are neither
+    assert (counts["rejected"], counts["carried_out"], counts["dropped"]) == (4, 5, 0)
     assert "Traceback" not in logs
 
 
