@@ -49,9 +49,10 @@ def _write(path: Path, data: bytes) -> None:
         os.close(directory)
 
 
-def effective(base_path: Path) -> Config:
-    """The configuration to run with: the one applied by command if there is one and it loads,
-    else the provisioned file. One that no longer loads is rolled back here and now."""
+def effective(base_path: Path, repair: bool = False) -> Config:
+    """The configuration in use: the one applied by command if there is one and it loads, else
+    the provisioned file. With `repair` (the daemon, not the tools that only read) one that no
+    longer loads is rolled back here and now."""
     base = load(base_path)
     applied = folder(base) / CURRENT
     if not applied.exists():
@@ -60,9 +61,12 @@ def effective(base_path: Path) -> Config:
         config = validate(applied.read_text(encoding="utf-8"), base)
     except (OSError, UnicodeDecodeError, ConfigError) as exc:
         log.error("the configuration applied by command does not load: %s", exc)
+        if not repair:
+            return base
         roll_back(base, f"it does not load: {exc}")
-        return effective(base_path)
-    log.info("running with the configuration applied by command (%s)", applied)
+        return effective(base_path, repair)
+    if repair:
+        log.info("running with the configuration applied by command (%s)", applied)
     return config
 
 
@@ -126,12 +130,14 @@ def roll_back(config: Config, reason: str) -> None:
     log.error("configuration of command %s rolled back: %s", marker.get("command_id"), reason)
 
 
-def take_rollback(config: Config) -> dict[str, Any] | None:
-    """The rollback to report (once): its command id and reason."""
-    path = folder(config) / ROLLED_BACK
-    data = _read_json(path)
-    path.unlink(missing_ok=True)
-    return data
+def rollback(config: Config) -> dict[str, Any] | None:
+    """A rollback not yet reported to the platform: its command id and reason."""
+    return _read_json(folder(config) / ROLLED_BACK)
+
+
+def reported(config: Config) -> None:
+    """The rollback's reply went out."""
+    (folder(config) / ROLLED_BACK).unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from buffer.keys import SigningKeyError
 from buffer.store import BufferFormatError
@@ -46,16 +47,28 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway import applied
     from gateway.daemon import Daemon
 
-    daemon = Daemon(_config(args))
+    config = applied.effective(Path(args.config), repair=True)
+    try:
+        daemon = Daemon(config)
+    except Exception as exc:
+        if applied.pending(config) is None:
+            raise
+        # A configuration applied by command that does not even start: back to the previous.
+        applied.roll_back(config, f"it does not start: {exc}")
+        _restart()
     status = daemon.run()
     if daemon.restart_requested:
-        # A configuration applied by command: the same command line, a fresh process (same pid,
-        # so systemd keeps supervising it).
-        logging.shutdown()
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+        _restart()
     return status
+
+
+def _restart() -> NoReturn:
+    """The same command line in a fresh process with the same pid (systemd keeps supervising)."""
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def cmd_provision(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ class CommandHost:
         self._scanning: set[str] = set()
         self.probation = applied.pending(self.config)
         self._probation_ends = time.monotonic() + self.config.commands.probation_s
-        self._rollback = applied.take_rollback(self.config)
+        self._rollback = applied.rollback(self.config)
         if self.probation:
             log.info(
                 "configuration of command %s on probation for %g s",
@@ -68,6 +68,7 @@ class CommandHost:
                 reason="rolled_back",
                 detail=f"the previous configuration is back: {self._rollback.get('reason')}",
             )
+            applied.reported(self.config)
             self._rollback = None
         if self.probation:
             self._judge_probation(now)

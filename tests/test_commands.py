@@ -243,6 +243,19 @@ def test_a_config_is_applied_on_probation_and_a_bad_one_rolled_back(
         assert (rolled_back["status"], rolled_back["reason"]) == ("failed", "rolled_back")
         assert "no broker connection" in rolled_back["detail"]
         assert daemon.process is not None and daemon.process.poll() is None  # the same process
+
+        # A configuration that loads but cannot start (a signing key others can read).
+        unsafe = tmp_path / "unsafe.key"
+        unsafe.write_bytes((tmp_path / "data" / "signing.key").read_bytes())
+        unsafe.chmod(0o644)
+        broken = slower.replace(
+            'runtime_dir = "run"', f'runtime_dir = "run"\nsigning_key = "{unsafe}"'
+        )
+        accepted = platform.command("config", args={"config": broken})
+        assert accepted["status"] == "accepted"
+        rolled_back = platform.reply(accepted["id"], timeout_s=30, nth=2)
+        assert rolled_back["reason"] == "rolled_back" and "does not start" in rolled_back["detail"]
+        assert "readable by others" in rolled_back["detail"]
         assert platform.command("ping")["status"] == "ok"
         assert daemon.stop() == 0
     assert config.read_text() == original  # the provisioned file is never touched
