@@ -3,7 +3,6 @@ command (docs/COMMANDS.md). Runs in the main thread, like everything that touche
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import time
@@ -12,10 +11,9 @@ from typing import TYPE_CHECKING
 
 from buffer.command import Command
 from gateway import __version__, applied
+from gateway.busscan import ScanBusy
 from gateway.commands import CommandError, Commands
-from gateway.config import Config, Device, SerialBus
-from gateway.poller import BusPoller
-from gateway.tools.text import Progress
+from gateway.config import Config
 from gateway.uplink import now_ms
 
 if TYPE_CHECKING:
@@ -24,7 +22,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("cgw.commands")
 
 COMMANDS_PER_STEP = 10
-SCAN_TIMEOUT_S = 0.2  # per unit probed: a scan must not hold a bus for long
 
 
 class CommandHost:
@@ -36,8 +33,6 @@ class CommandHost:
         self.commands = Commands(
             self.config, daemon.signer, self, self.uplink.publish_reply, now_ms
         )
-        self._finished: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._scanning: set[str] = set()
         self.probation = applied.pending(self.config)
         self._probation_ends = time.monotonic() + self.config.commands.probation_s
         self._rollback = applied.rollback(self.config)
@@ -55,11 +50,6 @@ class CommandHost:
             except queue.Empty:
                 break
             self.commands.handle(name, payload)
-        while True:
-            try:
-                self._finished.get_nowait()()
-            except queue.Empty:
-                break
         if self.uplink.state.connected and self._rollback is not None:
             self.commands.reply(
                 "config",
@@ -166,61 +156,9 @@ class CommandHost:
     def scan(
         self, bus_id: str, units: list[int], done: Callable[[dict[str, object]], None]
     ) -> None:
-        from gateway.tools.scan import Scanner  # only when a scan is asked for
-
-        poller = next((p for p in self.daemon.pollers if p.bus.id == bus_id), None)
-        if poller is None:
-            buses = ", ".join(p.bus.id for p in self.daemon.pollers) or "none"
-            raise CommandError("bad_args", f"no bus {bus_id!r} (buses: {buses})")
-        if bus_id in self._scanning:
-            raise CommandError("busy", f"a scan of bus {bus_id} is under way")
-        self._scanning.add(bus_id)
-        known = {d.unit: d.id for d in poller.devices if isinstance(d, Device)}
-        scanner = Scanner(
-            [poller.bus], units, SCAN_TIMEOUT_S, [], all_settings=False, progress=_Beat(poller)
-        )
-        started = time.monotonic()
-
-        def job() -> None:  # in the bus thread, between polls
-            try:
-                found = scanner.run()
-                result: dict[str, object] = {
-                    "bus": bus_id,
-                    "units": [units[0], units[-1]],
-                    "seconds": round(time.monotonic() - started, 1),
-                    "found": [
-                        {
-                            "unit": f.unit,
-                            "profile": f.profile,
-                            "model": f.model,
-                            "how": f.how,
-                            "configured_as": None if f.unit is None else known.get(f.unit),
-                        }
-                        for f in found.found
-                    ],
-                    "notes": found.notes,
-                }
-            except Exception as exc:  # the port vanished, the line broke: said in the reply
-                result = {"bus": bus_id, "error": f"{type(exc).__name__}: {exc}"}
-            self._finished.put(lambda: self._scan_done(bus_id, done, result))
-
-        baud = f" at {poller.bus.baudrate} baud" if isinstance(poller.bus, SerialBus) else ""
-        log.info("scanning bus %s%s for units %d-%d", bus_id, baud, units[0], units[-1])
-        poller.between_polls(job)
-
-    def _scan_done(
-        self, bus_id: str, done: Callable[[dict[str, object]], None], result: dict[str, object]
-    ) -> None:
-        self._scanning.discard(bus_id)
-        done(result)
-
-
-class _Beat(Progress):
-    """The scanner's progress: beats the bus thread's heartbeat, so a long scan is no stall."""
-
-    def __init__(self, poller: BusPoller) -> None:
-        super().__init__(1, stream=io.StringIO())
-        self.poller = poller
-
-    def advance(self, label: str, steps: int = 1) -> None:
-        self.poller.heartbeat = time.monotonic()
+        try:
+            self.daemon.scans.start(bus_id, units, done)
+        except KeyError as exc:
+            raise CommandError("bad_args", str(exc.args[0])) from None
+        except ScanBusy as exc:
+            raise CommandError("busy", str(exc)) from None

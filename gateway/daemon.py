@@ -25,6 +25,7 @@ from drivers.dlt645.identifiers import Dlt645Device
 from drivers.snapshot import Snapshot
 from gateway import __version__
 from gateway.accounting.service import ALARMS, Accounting
+from gateway.busscan import BusScans
 from gateway.clock import ClockWatch, correction_event, stamp
 from gateway.command_host import CommandHost
 from gateway.config import AnyDevice, Config, PulseInput
@@ -179,6 +180,7 @@ class Daemon:
             self.liveness.watch(f"pulse input {pulse_poller.input.id}", pulse_poller)
         self.watchdog = Watchdog(self.liveness)
         self.restart_requested = False
+        self.scans = BusScans(self.pollers)
         self.command_host = CommandHost(self) if self.uplink and config.commands.enabled else None
 
     # -- what the platform and `cgw status` see ----------------------------------------
@@ -314,6 +316,7 @@ class Daemon:
         now = time.monotonic()
         if now >= self._buffer_retry_at:
             self._buffer_step(now)
+        self.scans.finish()
         if self.command_host:
             self.command_host.step(now)
         if now >= self._next_status_file:
