@@ -149,6 +149,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return print_report(args, source, verifier.report())
 
 
+def cmd_web_password(args: argparse.Namespace) -> int:
+    """The commissioning page's password, as the scrypt line `[web] password_file` holds."""
+    import getpass
+
+    from gateway.web.auth import hash_password
+
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("new password for the commissioning page: ")
+        if getpass.getpass("again: ") != password:
+            raise CommandError("the two passwords differ", EX_USAGE)
+    if len(password) < 8:
+        raise CommandError("use at least 8 characters", EX_USAGE)
+    line = hash_password(password) + "\n"
+    if args.output is None:
+        print(line, end="")
+        return 0
+    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(line)
+    os.chmod(args.output, 0o600)
+    print(f"wrote {args.output} (mode 600): set [web] password_file to it", file=sys.stderr)
+    return 0
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     from drivers.profile import load_shipped_profile, shipped_profiles
 
@@ -293,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verify_arguments(verify)
     command("profiles", cmd_profiles, "List the meter profiles shipped with cgw.", config=False)
+    password = command(
+        "web-password",
+        cmd_web_password,
+        "Make the commissioning page's password file ([web] password_file).",
+        config=False,
+    )
+    password.add_argument("--output", type=Path, help="write it to this file (mode 600)")
+    password.add_argument("--stdin", action="store_true", help="read the password from stdin")
     from provisioning.cli import add_arguments as add_provision_arguments
 
     add_provision_arguments(

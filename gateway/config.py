@@ -81,6 +81,17 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The commissioning page (docs/COMMISSIONING.md): off unless enabled."""
+
+    enabled: bool = False
+    listen: tuple[str, int] = ("0.0.0.0", 8080)
+    password_hash: str = ""  # the scrypt line of `cgw web-password`, read from password_file
+    public_view: bool = False  # viewing without the password (actions always need it)
+    session_idle_min: float = 30.0
+
+
+@dataclass(frozen=True)
 class BufferConfig:
     commit_interval_s: float = 1.0
     seal_interval_s: float = 5.0
@@ -204,6 +215,7 @@ class Config:
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     influxdb: InfluxConfig = field(default_factory=InfluxConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def topic_base(self) -> str:
@@ -363,6 +375,33 @@ def _commands(table: Table, base: Path) -> CommandsConfig:
     )
     table.done()
     return commands
+
+
+def _web(table: Table, base: Path) -> WebConfig:
+    from gateway.web.auth import PasswordFileError, check_hash_line
+
+    enabled = table.get("enabled", bool, bool(table.data))
+    if not enabled:
+        table.read.update(table.data)
+        return WebConfig()
+    listen = table.get("listen", str, "0.0.0.0:8080")
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise table.error("listen", f"{listen!r} must be ADDRESS:PORT, e.g. 0.0.0.0:8080")
+    password_hash = _secret_file(table, "password_file", base)
+    try:
+        check_hash_line(password_hash)
+    except PasswordFileError as exc:
+        raise table.error("password_file", str(exc)) from None
+    web = WebConfig(
+        enabled=True,
+        listen=(host.strip("[]"), int(port_text)),
+        password_hash=password_hash,
+        public_view=table.get("public_view", bool, False),
+        session_idle_min=table.number("session_idle_min", 30.0, 1.0, 24 * 60.0),
+    )
+    table.done()
+    return web
 
 
 def _buffer(table: Table) -> BufferConfig:
@@ -612,6 +651,7 @@ def parse(data: Mapping[str, Any], path: str | Path) -> Config:
         accounting=parse_accounting(root, _sources(devices, pulse_inputs)),
         influxdb=_influxdb(root.table("influxdb"), base),
         commands=_commands(root.table("commands"), base),
+        web=_web(root.table("web"), base),
     )
     root.done()
     return config

@@ -35,6 +35,8 @@ from gateway.poller import BusPoller
 from gateway.pulse_poller import PulsePoller, PulseReading, state_key
 from gateway.uplink import Uplink, now_ms
 from gateway.watchdog import Liveness, Watchdog, is_busy, longest_poll_s
+from gateway.web.server import WebServer
+from gateway.web.state import LiveState
 from gateway.writequeue import Write, WriteQueue
 
 log = logging.getLogger("cgw.daemon")
@@ -181,6 +183,8 @@ class Daemon:
         self.watchdog = Watchdog(self.liveness)
         self.restart_requested = False
         self.scans = BusScans(self.pollers)
+        self.live = LiveState(config) if config.web.enabled else None
+        self.web = WebServer(config.web, self.live, self.scans) if self.live else None
         self.command_host = CommandHost(self) if self.uplink and config.commands.enabled else None
 
     # -- what the platform and `cgw status` see ----------------------------------------
@@ -267,6 +271,8 @@ class Daemon:
             "influxdb": self.influx.status(self.buffer) if self.influx else None,
             "commands": self.command_host.status() if self.command_host else None,
         }
+        if self.live:
+            self.live.publish({**self.health(), **status})
         directory = self.config.runtime_dir
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / "status.json.tmp"
@@ -293,6 +299,8 @@ class Daemon:
             self.uplink.start()
         else:
             log.warning("MQTT uplink disabled: readings are buffered only")
+        if self.web:
+            self.web.start()
         log.info(
             "running: gateway %s, %d devices on %d buses, %d pulse inputs, key id %s",
             self.config.gateway_id,
@@ -317,6 +325,8 @@ class Daemon:
         if now >= self._buffer_retry_at:
             self._buffer_step(now)
         self.scans.finish()
+        if self.web:
+            self.web.run_actions()
         if self.command_host:
             self.command_host.step(now)
         if now >= self._next_status_file:
@@ -411,7 +421,11 @@ class Daemon:
             try:
                 batch.append(self.snapshots.get_nowait())
             except queue.Empty:
-                return batch
+                break
+        if self.live:
+            for snapshot in batch:
+                self.live.observe(snapshot)
+        return batch
 
     def _commit(self) -> None:
         batch, self._uncommitted = self._uncommitted, []
@@ -483,6 +497,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.watchdog.stopping()
+        if self.web:
+            self.web.stop()
         for poller in self.pollers:
             poller.stop()
         for pulse_poller in self.pulse_pollers:

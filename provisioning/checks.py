@@ -15,6 +15,7 @@ from provisioning.platformkey import platform_key_source
 from provisioning.service import find_unit
 from provisioning.signing import check_signing_key, refuse_unsafe
 from provisioning.target import Target
+from provisioning.webpassword import web_password_source
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def check(
     cert_bundle: Path | None,
     mqtt_password_file: Path | None,
     platform_key: Path | None = None,
+    web_password_file: Path | None = None,
     unit_file: Path | None,
 ) -> Plan:
     if target.root is None and not target.dry_run and os.geteuid() != 0:
@@ -107,8 +109,13 @@ def check(
     unit_source = find_unit(unit_file)
     template = configgen.read_template(entry.template) if entry.template else None
     pinned = platform_key_source(target, platform_key)
-    text = configgen.render(entry, configgen.build(entry, template, pinned is not None))
-    config = configgen.validate(text, target.path(layout.CONFIG), password, pinned)
+    web = web_password_source(target, web_password_file)
+    built = configgen.build(entry, template, pinned is not None, web is not None)
+    text = configgen.render(entry, built)
+    files = {("mqtt", "password_file"): password, ("commands", "platform_key_file"): pinned}
+    config = configgen.validate(
+        text, target.path(layout.CONFIG), {**files, ("web", "password_file"): web}
+    )
     done.append(f"config valid ({len(config.buses)} buses, {len(config.devices)} devices)")
     notes = _reuse_notes(target, entry, done[1])
     notes += [

@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the platform's public key(s) for signed commands; installed as /etc/cgw/platform.pub",
     )
     parser.add_argument(
+        "--web-password-file",
+        type=Path,
+        metavar="FILE",
+        help="the commissioning page's password hash (cgw web-password --output FILE); "
+        "installed as /etc/cgw/web.password, and the page enabled",
+    )
+    parser.add_argument(
         "--unit-file",
         type=Path,
         metavar="FILE",
@@ -83,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             mqtt_password_file=args.mqtt_password_file,
             platform_key=args.platform_key,
+            web_password_file=args.web_password_file,
             unit_file=args.unit_file,
         )
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ TABLE_KINDS: dict[str, type] = {
     "profiles": dict,
     "accounting": dict,
     "commands": dict,
+    "web": dict,
     "buses": list,
     "devices": list,
     "pulse_inputs": list,
@@ -112,7 +114,10 @@ def _bus_settings(entry: Entry, buses: list[dict[str, Any]], template: str) -> N
 
 
 def build(
-    entry: Entry, template: dict[str, Any] | None, platform_key: bool = False
+    entry: Entry,
+    template: dict[str, Any] | None,
+    platform_key: bool = False,
+    web_password: bool = False,
 ) -> dict[str, Any]:
     """The config as TOML data, in a fixed order."""
     base = copy.deepcopy(template or {})
@@ -147,6 +152,8 @@ def build(
             data[name] = base[name]
     if platform_key:
         data["commands"] = {**base.get("commands", {}), "platform_key_file": layout.PLATFORM_KEY}
+    if web_password:
+        data["web"] = {**base.get("web", {}), "password_file": layout.WEB_PASSWORD}
     return data
 
 
@@ -161,15 +168,15 @@ def render(entry: Entry, data: dict[str, Any]) -> str:
 
 
 def validate(
-    text: str, config_path: Path, password_file: Path | None, platform_key: Path | None = None
+    text: str, config_path: Path, files: Mapping[tuple[str, str], Path | None] | None = None
 ) -> Config:
-    """Validate with the gateway's own loader, as `cgw run` will read the file. `password_file`
-    and `platform_key` are where those are read now (under --root, or about to be installed)."""
+    """Validate with the gateway's own loader, as `cgw run` will read the file. `files`: where
+    the files the config names ((table, key) -> path) are read now: under --root, or the ones
+    about to be installed."""
     data = tomllib.loads(text)
-    if password_file is not None and "password_file" in data.get("mqtt", {}):
-        data["mqtt"]["password_file"] = str(password_file)
-    if platform_key is not None and "commands" in data:
-        data["commands"]["platform_key_file"] = str(platform_key)
+    for (table, key), path in (files or {}).items():
+        if path is not None and key in data.get(table, {}):
+            data[table][key] = str(path)
     try:
         return parse(data, config_path)
     except ConfigError as exc:

@@ -22,8 +22,9 @@ from provisioning.signing import SigningKey, ensure_signing_key
 from provisioning.target import ROOT, Ids, Target
 from provisioning.tls import Tls, ensure_tls
 from provisioning.udev import ensure_rules
+from provisioning.webpassword import ensure_web_password
 
-STEPS = 11
+STEPS = 12
 REFUSALS = {
     Exit.SERIAL_UNKNOWN,
     Exit.INVENTORY,
@@ -47,6 +48,7 @@ class Options:
     force: bool = False
     mqtt_password_file: Path | None = None
     platform_key: Path | None = None
+    web_password_file: Path | None = None
     unit_file: Path | None = None
 
 
@@ -112,6 +114,7 @@ class Provisioning:
             cert_bundle=self.o.cert_bundle,
             mqtt_password_file=self.o.mqtt_password_file,
             platform_key=self.o.platform_key,
+            web_password_file=self.o.web_password_file,
             unit_file=self.o.unit_file,
         )
         self.progress.notes.extend(self.plan.notes)
@@ -167,6 +170,12 @@ class Provisioning:
         )
         return self.progress.files([change], f"key id {ids}" if ids else "")
 
+    def _web_password(self) -> tuple[str, bool]:
+        change = ensure_web_password(self.target, self.o.web_password_file, self.cgw)
+        if change is None:
+            return "skipped: no --web-password-file: the commissioning page stays off", False
+        return self.progress.files([change])
+
     def _config(self) -> tuple[str, bool]:
         t = self.target
         path = t.path(layout.CONFIG)
@@ -201,6 +210,7 @@ class Provisioning:
         p.step("TLS key and CSR", self._tls)
         p.step("MQTT password", self._password)
         p.step("platform key", self._platform_key)
+        p.step("page password", self._web_password)
         p.step("config", self._config)
         p.step("udev rules", self._udev)
         p.step("service", self._service)

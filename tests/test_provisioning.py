@@ -232,7 +232,7 @@ def test_fresh_provision_creates_the_whole_tree(tmp_path: Path, site: Path) -> N
     done = cli(args(site, root))
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert [int(n) for n in re.findall(r"^\[(\d+)/11\]", out, re.MULTILINE)] == list(range(1, 12))
+    assert [int(n) for n in re.findall(r"^\[(\d+)/12\]", out, re.MULTILINE)] == list(range(1, 13))
 
     # The service user: a system account without a login, in dialout and gpio.
     user = colon_entry(root / "etc/passwd", "cgw")
@@ -320,7 +320,7 @@ def test_a_second_run_changes_nothing(tmp_path: Path, site: Path) -> None:
     again = cli(args(site, root))
     assert again.returncode == 0, again.stderr
     assert snapshot(root) == before  # same bytes, mtimes, modes and owners, nothing added
-    steps = re.findall(r"^\[(\d+)/11\] ([^:]+): (\w+)", again.stdout, re.MULTILINE)
+    steps = re.findall(r"^\[(\d+)/12\] ([^:]+): (\w+)", again.stdout, re.MULTILINE)
     assert {name: word for _, name, word in steps if int(_) > 2} == {
         "service user": "unchanged",
         "directories": "unchanged",
@@ -328,6 +328,7 @@ def test_a_second_run_changes_nothing(tmp_path: Path, site: Path) -> None:
         "TLS key and CSR": "unchanged",
         "MQTT password": "skipped",
         "platform key": "skipped",
+        "page password": "skipped",
         "config": "unchanged",
         "udev rules": "unchanged",
         "service": "unchanged",
@@ -395,7 +396,7 @@ def test_refuses_a_signing_key_readable_by_others(tmp_path: Path, site: Path) ->
     done = cli(args(site, root))
     assert done.returncode == Exit.UNSAFE_KEY == 6
     assert f"chmod 600 {key}" in done.stderr and "readable by others" in done.stderr
-    assert "[2/11] checks: refused" in done.stdout
+    assert "[2/12] checks: refused" in done.stdout
     assert snapshot(root) == before
 
 
@@ -613,7 +614,7 @@ def test_refuses_a_bundle_that_does_not_fit(
         status, out, err = run_here(args(site, root, "--cert-bundle", str(folder)), capsys)
         assert status == Exit.BAD_BUNDLE == 9, name
         assert expected in err, (name, err)
-        assert "[2/11] checks: refused" in out
+        assert "[2/12] checks: refused" in out
     assert snapshot(root) == before
 
 
@@ -657,7 +658,7 @@ def test_pins_the_platform_key_for_signed_commands(
     status, out, err = run_here(args(site, root, "--platform-key", str(given)), capsys)
     assert status == 0, err
     assert (
-        f"[8/11] platform key: created {root}/etc/cgw/platform.pub (key id {platform.kid})" in out
+        f"[8/12] platform key: created {root}/etc/cgw/platform.pub (key id {platform.kid})" in out
     )
     installed = root / "etc/cgw/platform.pub"
     assert installed.read_text() == given.read_text() and mode(installed) == 0o644
@@ -671,7 +672,31 @@ def test_pins_the_platform_key_for_signed_commands(
     )
     # A re-run without the option keeps the installed key pinned.
     status, out, _ = run_here(args(site, root), capsys)
-    assert status == 0 and "[8/11] platform key: unchanged" in out
+    assert status == 0 and "[8/12] platform key: unchanged" in out
+
+
+def test_installs_the_page_password_hash_and_enables_the_page(
+    tmp_path: Path, site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.web.auth import hash_password, verify_password
+
+    root = new_root(tmp_path)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a-password\n")
+    status, _, err = run_here(args(site, root, "--web-password-file", str(plain)), capsys)
+    assert status == Exit.USAGE and "not a password hash" in err
+    given = tmp_path / "web.hash"
+    given.write_text(hash_password("a-password") + "\n")
+    status, _, err = run_here(args(site, root, "--web-password-file", str(given)), capsys)
+    assert status == Exit.UNSAFE_KEY and "chmod 600" in err
+    given.chmod(0o600)
+    status, out, err = run_here(args(site, root, "--web-password-file", str(given)), capsys)
+    assert status == 0, err
+    assert f"[9/12] page password: created {root}/etc/cgw/web.password" in out
+    installed = root / "etc/cgw/web.password"
+    assert mode(installed) == 0o600 and verify_password("a-password", installed.read_text())
+    data = tomllib.loads((root / "etc/cgw/gateway.toml").read_text())
+    assert data["web"] == {"password_file": "/etc/cgw/web.password"}
 
 
 # --- the pieces ---------------------------------------------------------------------------------
@@ -749,7 +774,7 @@ def test_the_documented_inventories_and_template_work(tmp_path: Path) -> None:
         config_text = configgen.render(
             entry, configgen.build(entry, configgen.read_template(entry.template))
         )
-        config = configgen.validate(config_text, tmp_path / "gateway.toml", None)
+        config = configgen.validate(config_text, tmp_path / "gateway.toml")
         assert config.gateway_id == entry.gateway_id and len(config.devices) == 2
 
 
@@ -763,4 +788,4 @@ def test_refuses_an_unusable_signing_key_before_writing(
     key.chmod(0o600)
     status, out, err = run_here(args(site, root), capsys)
     assert status == Exit.UNSAFE_KEY and "cannot load the signing key" in err
-    assert "[2/11] checks: refused" in out and not (root / "etc").exists()
+    assert "[2/12] checks: refused" in out and not (root / "etc").exists()

@@ -32,7 +32,7 @@ from gateway.accounting.energy import (
     FLAG_ROLLOVER,
     FLAG_SPIKE,
 )
-from gateway.accounting.indicators import completeness
+from gateway.accounting.indicators import KWH, completeness
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.results import Publisher, amount, expected_readings, kwh_of, meter_total
 from gateway.accounting.settings import AccountingConfig
@@ -274,7 +274,16 @@ class Accounting:
                 channel.meter, rows.get(channel.meter.key), self.publisher.factors, expected
             )
             totals.append(total)
-        return {"day": self.grid.label(day)[:10], **completeness(totals)}
+        kwh: dict[str, Decimal] = {}
+        for total in totals:
+            if total.kwh is not None:
+                kwh[total.meter.device] = kwh.get(total.meter.device, Decimal(0)) + total.kwh
+        return {
+            "day": self.grid.label(day)[:10],
+            **completeness(totals),
+            "kwh": {device: float(v.quantize(KWH)) for device, v in sorted(kwh.items())},
+            "to_ms": self.ledger.closed_until,
+        }
 
     def status(self) -> dict[str, object]:
         return {

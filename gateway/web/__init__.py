@@ -1,0 +1,1 @@
+"""The commissioning page (docs/COMMISSIONING.md)."""
