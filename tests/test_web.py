@@ -6,6 +6,7 @@ test-artifacts/web/."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -166,6 +167,35 @@ def test_the_api_needs_the_password_a_csrf_token_and_limits_guessing(
     assert stranger.call("/api/login", {"password": PASSWORD})[0] == 429
 
 
+def test_browsers_that_hang_never_hold_up_polling(gateway: tuple[DaemonProcess, str]) -> None:
+    """Twenty connections that send half a request and stall: polling keeps its cadence."""
+    import socket
+    from urllib.parse import urlsplit
+
+    daemon, base = gateway
+    url = urlsplit(base)
+    status_file = daemon.config.parent / "run" / "status.json"
+
+    def polls() -> int:
+        return int(json.loads(status_file.read_text())["devices"]["incomer"]["polls"])
+
+    wait_until(lambda: status_file.exists() and polls() > 0, 15, "polling")
+    stalled = [socket.create_connection((url.hostname, url.port)) for _ in range(20)]
+    try:
+        for connection in stalled:
+            connection.sendall(b"GET /api/state HTTP/1.1\r\nHost: x\r\n")  # and never the end
+        before, started = polls(), time.monotonic()
+        time.sleep(4.0)
+        done, elapsed = polls() - before, time.monotonic() - started
+    finally:
+        for connection in stalled:
+            connection.close()
+    # interval_s = 0.5: about 8 polls in 4 s; the status file lags up to 2 s behind
+    assert done >= (elapsed - 2.5) / 0.5, f"{done} polls in {elapsed:.1f} s"
+    with urllib.request.urlopen(base + "/api/session", timeout=10) as answer:
+        assert answer.status == 200  # and the page still answers others
+
+
 def test_the_page_in_a_real_browser(gateway: tuple[DaemonProcess, str]) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -187,6 +217,7 @@ def test_the_page_in_a_real_browser(gateway: tuple[DaemonProcess, str]) -> None:
             desktop.fill("#password", PASSWORD)
             desktop.click("#login button")
             expect(desktop.locator("section.device")).to_have_count(3, timeout=15_000)
+            expect(desktop.locator('[data-bus="lan"] .badge')).to_have_text("keeps up")
             incomer = desktop.locator('[data-device="incomer"]')
             expect(incomer.locator(".badge")).to_have_text("answering")
             expect(desktop.locator('[data-device="spare"]')).to_have_attribute(

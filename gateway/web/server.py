@@ -15,6 +15,7 @@ import json
 import logging
 import queue
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +56,16 @@ def local_address(host: str) -> bool:
     return address.is_loopback or address.is_private or address.is_link_local
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: Any) -> None:
+        # A browser that went away or stalled past the timeout: nothing to report loudly (the
+        # base class prints a traceback to stderr, that is, to the journal).
+        error = sys.exc_info()[1]
+        log.debug("web: %s from %s: %s", type(error).__name__, client_address[0], error)
+
+
 class WebServer:
     def __init__(self, settings: WebConfig, state: LiveState, scans: BusScans) -> None:
         self.settings = settings
@@ -70,8 +81,7 @@ class WebServer:
             for path, (name, kind) in STATIC.items()
         }
         host, port = settings.listen
-        self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), self._handler_class())
         self.address = self.httpd.server_address
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="web", daemon=True)
 

@@ -16,7 +16,7 @@ const TEXT = {
     wrong_password: "Wrong password", log_in_first: "Log in to see the gateway.",
     scanning: "Scanning…", found: "Found", none_found: "Nothing answered.", configured_as: "configured as",
     not_configured: "not in the configuration", snippet: "Configuration for what was found",
-    updated: "Updated", to: "to",
+    updated: "Updated", to: "to", keeps_up: "keeps up", cannot_keep_up: "cannot keep up",
   },
   zh: {
     title: "网关", login: "登录", logout: "退出", password: "密码", today: "今日",
@@ -31,7 +31,7 @@ const TEXT = {
     wrong_password: "密码错误", log_in_first: "请先登录查看网关。",
     scanning: "正在扫描…", found: "发现", none_found: "没有设备应答。", configured_as: "已配置为",
     not_configured: "未在配置中", snippet: "所发现设备的配置",
-    updated: "更新于", to: "截至",
+    updated: "更新于", to: "截至", keeps_up: "周期正常", cannot_keep_up: "总线过载",
   },
 };
 const LANG = (navigator.languages || [navigator.language || "en"])
@@ -107,6 +107,14 @@ function drawGateway(g) {
   $("gateway").replaceChildren(el("h2", {}, T.title), table);
 }
 
+function drawBuses(buses) {
+  const rows = Object.entries(buses || {}).map(([id, b]) => el("tr", { "data-bus": id },
+    el("td", {}, `${T.bus} ${id}`),
+    el("td", { class: "value" }, badge(b.keeps_up !== false, T.keeps_up, T.cannot_keep_up, "warn"),
+      ` ${number((b.demand || 0) * 100, 0)} %`)));
+  $("gateway").append(el("table", { class: "buses" }, ...rows));
+}
+
 function drawDevice(d, units) {
   const values = el("table", { class: "values" });
   for (const [q, v] of Object.entries(d.values).sort()) {
@@ -142,6 +150,7 @@ function drawChart(history) {
 
 function draw(view) {
   drawGateway(view.gateway);
+  drawBuses(view.buses);
   const units = view.units || {};
   $("devices").replaceChildren(...view.devices.map((d) => drawDevice(d, d.units || units)));
   const site = view.site || {};
