@@ -15,7 +15,7 @@ from provisioning.platformkey import platform_key_source
 from provisioning.service import find_unit
 from provisioning.signing import check_signing_key, refuse_unsafe
 from provisioning.target import Target
-from provisioning.webpassword import web_password_source
+from provisioning.webpassword import as_installed, web_password_source
 
 
 @dataclass(frozen=True)
@@ -113,9 +113,9 @@ def check(
     built = configgen.build(entry, template, pinned is not None, web is not None)
     text = configgen.render(entry, built)
     files = {("mqtt", "password_file"): password, ("commands", "platform_key_file"): pinned}
-    config = configgen.validate(
-        text, target.path(layout.CONFIG), {**files, ("web", "password_file"): web}
-    )
+    with as_installed(web) as web_copy:
+        files[("web", "password_file")] = web_copy
+        config = configgen.validate(text, target.path(layout.CONFIG), files)
     done.append(f"config valid ({len(config.buses)} buses, {len(config.devices)} devices)")
     notes = _reuse_notes(target, entry, done[1])
     notes += [

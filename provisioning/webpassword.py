@@ -7,7 +7,9 @@ config gets `[web] password_file`. Without it the page stays off.
 
 from __future__ import annotations
 
-import stat
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.web.auth import PasswordFileError, check_hash_line
@@ -24,16 +26,23 @@ def web_password_source(target: Target, given: Path | None) -> Path | None:
         return None
     try:
         check_hash_line(source.read_text(encoding="ascii"))
-        mode = stat.S_IMODE(source.stat().st_mode)
     except (OSError, UnicodeDecodeError, PasswordFileError) as exc:
         raise ProvisionError(f"--web-password-file {source}: {exc}", Exit.USAGE) from None
-    if mode & 0o077:
-        raise ProvisionError(
-            f"--web-password-file {source} is readable by others (mode {mode:o}): "
-            f"`chmod 600 {source}` (`cgw web-password --output FILE` makes it so)",
-            Exit.UNSAFE_KEY,
-        )
     return source
+
+
+@contextlib.contextmanager
+def as_installed(source: Path | None) -> Iterator[Path | None]:
+    """A private copy of the hash, as the gateway will find it (mode 600), for checking the
+    config: the given file may sit on a FAT boot partition, where every file is world-readable."""
+    if source is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="cgw-provision-") as folder:
+        copy = Path(folder) / "web.password"
+        copy.write_bytes(source.read_bytes())
+        copy.chmod(0o600)
+        yield copy
 
 
 def ensure_web_password(target: Target, given: Path | None, owner: Ids | None) -> Change | None:

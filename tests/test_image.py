@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -413,8 +414,14 @@ def test_firstboot_without_inventory_does_nothing(device: Path) -> None:
 
 
 def test_firstboot_provisions_from_the_boot_partition(device: Path) -> None:
+    from buffer.keys import public_key_text
+    from gateway.web.auth import hash_password
+    from tests.support.keys import make_signer
+
     boot = device / "boot/firmware/cgw"
     (boot / "inventory.csv").write_text(INVENTORY)
+    (boot / "platform.pub").write_text(public_key_text(make_signer(boot.parent).public) + "\n")
+    (boot / "web.password").write_text(hash_password("site-password") + "\n")
     done = firstboot(device)
     out = boot / "out"
     assert done.returncode == 0, done.stdout + done.stderr
@@ -426,6 +433,9 @@ def test_firstboot_provisions_from_the_boot_partition(device: Path) -> None:
     assert b"BEGIN CERTIFICATE REQUEST" in (out / "client.csr").read_bytes()
     assert (out / "signing.pub").read_bytes() == (device / "var/lib/cgw/signing.pub").read_bytes()
     assert (device / "etc/cgw/gateway.toml").is_file()
+    installed = tomllib.loads((device / "etc/cgw/gateway.toml").read_text())
+    assert installed["commands"]["platform_key_file"] == "/etc/cgw/platform.pub"
+    assert installed["web"]["password_file"] == "/etc/cgw/web.password"
     assert (device / "etc/cgw/firstboot.done").is_file()
     assert "cgw:" in (device / "etc/passwd").read_text()
     link = device / "etc/systemd/system/multi-user.target.wants/cgw.service"
