@@ -28,7 +28,7 @@ from gateway.accounting.service import ALARMS, Accounting
 from gateway.busscan import BusScans
 from gateway.clock import ClockWatch, correction_event, stamp
 from gateway.command_host import CommandHost
-from gateway.config import AnyDevice, Config, PulseInput
+from gateway.config import AnyDevice, Config, ConfigError, PulseInput
 from gateway.fleet import bus_error_rates, cpu_temperature_c
 from gateway.influx import InfluxSink
 from gateway.poller import BusPoller
@@ -184,7 +184,7 @@ class Daemon:
         self.restart_requested = False
         self.scans = BusScans(self.pollers)
         self.live = LiveState(config) if config.web.enabled else None
-        self.web = WebServer(config.web, self.live, self.scans) if self.live else None
+        self.web = self._web_server() if self.live else None
         self.command_host = CommandHost(self) if self.uplink and config.commands.enabled else None
 
     # -- what the platform and `cgw status` see ----------------------------------------
@@ -335,6 +335,18 @@ class Daemon:
                 self.write_status_file()
             except OSError as exc:
                 log.warning("cannot write %s/status.json: %s", self.config.runtime_dir, exc)
+
+    def _web_server(self) -> WebServer:
+        assert self.live is not None
+        try:
+            return WebServer(self.config.web, self.live, self.scans)
+        except OSError as exc:
+            host, port = self.config.web.listen
+            raise ConfigError(
+                str(self.config.path),
+                "web.listen",
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            ) from None
 
     def restart(self) -> None:
         """Stop cleanly, then start again (`cgw run` executes itself anew): a new configuration."""

@@ -339,3 +339,31 @@ def test_the_site_power_history_and_todays_energy(tmp_path: Path) -> None:
     state.publish(accounted, now=25.0)
     grid = next(d for d in state.view()["devices"] if d["id"] == "grid")
     assert (grid["today_kwh"], grid["today_to_ms"]) == (7.5, start)
+
+
+def test_a_port_in_use_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    password_file = tmp_path / "web.password"
+    password_file.write_text(hash_password(PASSWORD))
+    password_file.chmod(0o600)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gateway.toml"
+        config.write_text(
+            '[gateway]\nid = "gw"\nsite = "s"\ndata_dir = "data"\nruntime_dir = "run"\n'
+            f'[mqtt]\nenabled = false\n[web]\nlisten = "127.0.0.1:{port}"\npassword_file = "{password_file}"\n'
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 78, run.stderr
+    assert f"web.listen: cannot listen on 127.0.0.1:{port}" in run.stderr
+    assert "Traceback" not in run.stderr
