@@ -10,7 +10,7 @@ from pathlib import Path
 
 from provisioning import layout
 from provisioning.errors import Exit, ProvisionError
-from provisioning.files import Change, ensure_attrs, ensure_file
+from provisioning.files import Change, install_given
 from provisioning.inventory import Entry
 from provisioning.target import Ids, Target
 
@@ -42,8 +42,6 @@ def ensure_password(target: Target, entry: Entry, given: Path | None, owner: Ids
     source = password_source(target, entry, given)
     if source is None:
         return None
-    installed = target.path(layout.MQTT_PASSWORD)
-    if source == installed:
-        return ensure_attrs(target, installed, 0o640, owner)
     content = source.read_text(encoding="utf-8").strip() + "\n"
-    return ensure_file(target, installed, content.encode("utf-8"), 0o640, owner)
+    installed = target.path(layout.MQTT_PASSWORD)
+    return install_given(target, source, installed, content.encode("utf-8"), 0o640, owner)

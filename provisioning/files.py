@@ -170,3 +170,13 @@ def describe(changes: list[Change], dry_run: bool) -> str:
     if "unchanged" in groups:
         parts.append(f"unchanged {', '.join(groups['unchanged'])}")
     return "; ".join(parts)
+
+
+def install_given(
+    target: Target, source: Path, installed: Path, content: bytes, mode: int, owner: Ids | None
+) -> Change:
+    """A file given to provisioning (`content`, read from `source`) installed at `installed`; when
+    it is the installed one already, only its mode and owner are seen to."""
+    if source == installed:
+        return ensure_attrs(target, installed, mode, owner)
+    return ensure_file(target, installed, content, mode, owner)

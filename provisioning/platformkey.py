@@ -12,7 +12,7 @@ from pathlib import Path
 from buffer.keys import key_id, load_public_key
 from provisioning import layout
 from provisioning.errors import Exit, ProvisionError
-from provisioning.files import Change, ensure_attrs, ensure_file
+from provisioning.files import Change, install_given
 from provisioning.target import Ids, Target
 
 
@@ -44,8 +44,6 @@ def ensure_platform_key(target: Target, given: Path | None, owner: Ids) -> Chang
     source = platform_key_source(target, given)
     if source is None:
         return None
-    installed = target.path(layout.PLATFORM_KEY)
-    if source == installed:
-        return ensure_attrs(target, installed, 0o644, owner)
     content = "\n".join(source.read_text(encoding="ascii").split()) + "\n"
-    return ensure_file(target, installed, content.encode("ascii"), 0o644, owner)
+    installed = target.path(layout.PLATFORM_KEY)
+    return install_given(target, source, installed, content.encode("ascii"), 0o644, owner)

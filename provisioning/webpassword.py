@@ -15,7 +15,7 @@ from pathlib import Path
 from gateway.web.auth import PasswordFileError, check_hash_line
 from provisioning import layout
 from provisioning.errors import Exit, ProvisionError
-from provisioning.files import Change, ensure_attrs, ensure_file
+from provisioning.files import Change, install_given
 from provisioning.target import Ids, Target
 
 
@@ -49,8 +49,6 @@ def ensure_web_password(target: Target, given: Path | None, owner: Ids | None) -
     source = web_password_source(target, given)
     if source is None:
         return None
-    installed = target.path(layout.WEB_PASSWORD)
-    if source == installed:
-        return ensure_attrs(target, installed, 0o600, owner)
     content = source.read_text(encoding="ascii").strip() + "\n"
-    return ensure_file(target, installed, content.encode("ascii"), 0o600, owner)
+    installed = target.path(layout.WEB_PASSWORD)
+    return install_given(target, source, installed, content.encode("ascii"), 0o600, owner)
