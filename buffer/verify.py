@@ -153,7 +153,12 @@ class _Checked:
 
 
 def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict: the decoder ignores the unused low bits of the last character, so other spellings
+    of one signature would pass as other bytes of one envelope. Only the canonical one does."""
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if base64.urlsafe_b64encode(raw).decode().rstrip("=") != text:
+        raise ValueError("not the canonical base64url of its bytes")
+    return raw
 
 
 def _with_sig(signed_bytes: bytes, sig: str) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -134,15 +134,20 @@ def _reject_unknown(origin: str, prefix: str, spec: Mapping[str, Any], known: se
         raise ProfileError(origin, f"{prefix}{sorted(unknown)[0]}", "unknown key")
 
 
+def _one_of(value: Any, choices: Collection[Any]) -> bool:
+    """`value in choices`, false for a value TOML made a table or an array (unhashable)."""
+    return isinstance(value, Hashable) and value in choices
+
+
 def _function(origin: str, key: str, function: Any) -> int:
-    if function not in FUNCTIONS:
+    if not _one_of(function, FUNCTIONS):
         raise ProfileError(origin, key, f"must be 3 or 4, not {function!r}")
     return int(function)
 
 
 def _orders(origin: str, key: str, spec: Mapping[str, Any]) -> tuple[str, str]:
     for order_key in ("word_order", "byte_order"):
-        if spec.get(order_key, "big") not in ORDERS:
+        if not _one_of(spec.get(order_key, "big"), ORDERS):
             raise ProfileError(origin, f"{key}.{order_key}", "must be 'big' or 'little'")
     return spec.get("word_order", "big"), spec.get("byte_order", "big")
 
@@ -166,7 +171,7 @@ def _register(origin: str, key: str, quantity: str, spec: Mapping[str, Any]) -> 
             origin, f"{key}.address", f"must be an integer 0..65535, not {address!r}"
         )
     rtype = spec["type"]
-    if rtype not in REGISTER_WORDS:
+    if not _one_of(rtype, REGISTER_WORDS):
         raise ProfileError(
             origin, f"{key}.type", f"must be one of {', '.join(REGISTER_WORDS)}, not {rtype!r}"
         )
@@ -221,7 +226,7 @@ def _identify(origin: str, spec: Any) -> Identify:
             raise ProfileError(origin, f"identify.{needed}", "missing")
     function = _function(origin, "identify.function", spec["function"])
     rtype = spec["type"]
-    if rtype != ASCII and rtype not in REGISTER_WORDS:
+    if rtype != ASCII and not _one_of(rtype, REGISTER_WORDS):
         raise ProfileError(
             origin,
             "identify.type",

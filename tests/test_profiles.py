@@ -308,6 +308,16 @@ F32 = {"function": 3, "address": 0, "type": "f32"}
             "identify.values[0]",
         ),
         ({"quantities": {"voltage_l1_v": F32}, "identify": {**F32, "model": 1}}, "identify.model"),
+        # tables where a word is expected (found by hil_tests/test_fuzz_inputs.py: TypeError)
+        ({"quantities": {"voltage_l1_v": {**F32, "type": {}}}}, "quantities.voltage_l1_v.type"),
+        (
+            {"quantities": {"voltage_l1_v": {**F32, "function": []}}},
+            "quantities.voltage_l1_v.function",
+        ),
+        (
+            {"quantities": {"voltage_l1_v": {**F32, "word_order": {}}}},
+            "quantities.voltage_l1_v.word_order",
+        ),
     ],
 )
 def test_format_errors_name_the_key(data: dict[str, Any], key: str) -> None:

@@ -153,3 +153,19 @@ def test_an_envelope_with_a_member_added_within_v1_still_verifies(tmp_path: Path
     assert verifier.add(body) is None
     respaced = json.dumps(json.loads(body)).encode()  # same content, not JCS
     assert verifier.add(respaced).kind == "not_canonical"  # type: ignore[union-attr]
+
+
+def test_another_spelling_of_the_signature_is_refused(chain: tuple[list[bytes], dict]) -> None:
+    """base64url's last character carries two unused bits: a decoder that ignores them would take
+    other bytes for the same envelope (found by hil_tests/test_fuzz_inputs.py)."""
+    import json
+
+    from buffer.canonical import canonical as jcs
+
+    bodies, keys = chain
+    envelope = json.loads(bodies[0])
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(envelope["sig"][-1])
+    respelt = envelope["sig"][:-1] + alphabet[last ^ 1]  # the same 64 bytes, decoded loosely
+    problems = verify([jcs({**envelope, "sig": respelt})], keys).problems
+    assert [p.kind for p in problems] == ["bad_signature"]

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop and reliability scenarios (docs/RELIABILITY.md)."""
