@@ -32,3 +32,10 @@ def record() -> Callable[..., None]:
         )
 
     return save
+
+
+# The real parts the scenarios share with the test suite: Mosquitto, emulated meters, and the
+# guard that kills a daemon a failed scenario left running.
+from tests.conftest import broker, emulator, meters, no_daemon_outlives_its_test  # noqa: E402
+
+__all__ = ["broker", "emulator", "meters", "no_daemon_outlives_its_test", "record", "size"]
