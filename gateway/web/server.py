@@ -283,12 +283,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _scan(self, body: dict[str, Any]) -> None:
         bus, first, last = body.get("bus"), body.get("first", 1), body.get("last", 16)
-        valid = (
-            isinstance(bus, str)
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in (first, last))
+        units_valid = (
+            all(isinstance(v, int) and not isinstance(v, bool) for v in (first, last))
             and 0 <= first <= last <= MAX_SCAN_UNITS
         )
-        if not valid or not isinstance(bus, str):
+        if not isinstance(bus, str) or not units_valid:
             self._json(
                 HTTPStatus.BAD_REQUEST, {"error": "bus, and units first..last within 0..247"}
             )
