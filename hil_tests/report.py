@@ -42,6 +42,11 @@ TORTURE = [
      "polls two meters every 0.1 s, seals every 0.2 s, publishes, and prunes every second what was "
      "delivered; then: every committed reading delivered, no seq gap, the chain verifies, "
      "identical copies only, integrity_check ok", "test_sigkills_at_random_moments_lose_nothing"),
+    ("torture_disk_full", "a broker outage with ten meters polled every 0.1 s into a 1 MB quota on "
+     "an 8 MB filesystem, then the disk filled to the last byte by another program, then space "
+     "and the broker back: polled = delivered + dropped (counted) + still buffered, exactly; the "
+     "oldest undelivered dropped first; integrity_check ok",
+     "test_a_full_disk_during_an_outage_is_accounted_for_exactly"),
 ]  # fmt: skip
 
 
@@ -103,8 +108,8 @@ Found by these scenarios and fixed (each with a regression test in `tests/`):
 ## Torture
 
 Against a real Mosquitto, emulated meters on Modbus TCP, and a platform subscriber that keeps
-everything it receives (`hil_tests/test_torture_kill.py`). 10 kills in the short run, 100 in the
-long one.
+everything it receives (`hil_tests/test_torture_*.py`). The short runs: 10 kills, an 8 s outage;
+the long ones: 100 kills, a 60 s outage.
 
 | scenario | test | run | figures |
 |---|---|---|---|
@@ -113,10 +118,9 @@ long one.
 ## Scenarios still to come (issue 7)
 
 The rig mode (`cgw emulate --rig FILE`, real adapters), the time-compressed 72 h broker outage,
-disk full during an outage, USB unplug and replug, a meter silent for an hour, clock jumps, and
-the 30-device soak at 9600 baud. Until then, the nearest tests are in `tests/`: a broker outage
-(test_gateway_e2e.py), quota and a really full disk (test_disk.py), a locked database and a hung
-serial write (test_watchdog.py), USB re-plug (test_scheduler.py).
+USB unplug and replug, a meter silent for an hour, clock jumps, and the 30-device soak at 9600
+baud. Until then, the nearest tests are in `tests/`: a broker outage (test_gateway_e2e.py), a
+locked database and a hung serial write (test_watchdog.py), USB re-plug (test_scheduler.py).
 
 _Figures of {stamp}._
 """
