@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from buffer.store import Buffer, Stats
 from drivers.emulation.meter import EmulatedMeter
@@ -25,25 +22,10 @@ from gateway.localbroker import LocalBroker, free_port
 from hil_tests.conftest import size
 from tests.support.gateway import DaemonProcess, Meter, write_config
 from tests.support.platform import Subscriber, wait_until
-from tests.test_disk import fill
+from tests.test_disk import fill, polls, small_disk
 
 METERS = [Meter(f"m{unit}", unit) for unit in range(1, 11)]
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def polls(config: Path) -> int:
-    status = json.loads((config.parent / "run" / "status.json").read_text())
-    return sum(int(d["polls"]) for d in status["devices"].values())
+__all__ = ["small_disk"]  # the fixture, from tests/test_disk.py
 
 
 def test_a_full_disk_during_an_outage_is_accounted_for_exactly(
