@@ -47,6 +47,11 @@ TORTURE = [
      "and the broker back: polled = delivered + dropped (counted) + still buffered, exactly; the "
      "oldest undelivered dropped first; integrity_check ok",
      "test_a_full_disk_during_an_outage_is_accounted_for_exactly"),
+    ("torture_silent_meter", "a meter silent for an hour, time-compressed: three SDM630s on one "
+     "emulated RS-485 line at 9600 baud polled every 0.5 s, the middle one silent for 240 poll "
+     "intervals (20 in the short run): the others keep their cadence, the silent one is backed "
+     "off (at most 4 s apart) with a `timeout` record per attempt, and is back within a step",
+     "test_a_silent_meter_costs_the_line_little_and_comes_back"),
 ]  # fmt: skip
 
 
@@ -108,8 +113,9 @@ Found by these scenarios and fixed (each with a regression test in `tests/`):
 ## Torture
 
 Against a real Mosquitto, emulated meters on Modbus TCP, and a platform subscriber that keeps
-everything it receives (`hil_tests/test_torture_*.py`). The short runs: 10 kills, an 8 s outage;
-the long ones: 100 kills, a 60 s outage.
+everything it receives, or a pty pair carrying a baud-accurate emulated RS-485 line
+(`hil_tests/test_torture_*.py`). The short runs: 10 kills, an 8 s outage, 20 silent polls; the
+long ones: 100 kills, a 60 s outage, 240 silent polls.
 
 | scenario | test | run | figures |
 |---|---|---|---|
@@ -118,9 +124,9 @@ the long ones: 100 kills, a 60 s outage.
 ## Scenarios still to come (issue 7)
 
 The rig mode (`cgw emulate --rig FILE`, real adapters), the time-compressed 72 h broker outage,
-USB unplug and replug, a meter silent for an hour, clock jumps, and the 30-device soak at 9600
-baud. Until then, the nearest tests are in `tests/`: a broker outage (test_gateway_e2e.py), a
-locked database and a hung serial write (test_watchdog.py), USB re-plug (test_scheduler.py).
+USB unplug and replug, clock jumps, and the 30-device soak at 9600 baud. Until then, the nearest
+tests are in `tests/`: a broker outage (test_gateway_e2e.py), a locked database and a hung serial
+write (test_watchdog.py), USB re-plug (test_scheduler.py).
 
 _Figures of {stamp}._
 """
