@@ -28,7 +28,7 @@ from gateway.localbroker import LocalBroker
 from tests.support.gateway import DaemonProcess, Meter, write_config
 from tests.support.keys import make_signer
 from tests.support.platform import Subscriber, wait_until
-from tests.support.victoria import Labels, VictoriaMetrics, labels, victoria_binary
+from tests.support.victoria import Labels, VictoriaMetrics, labels
 
 # Records as docs/CONTRACT.md shows them (trimmed of what is not written).
 METER_RECORD = {
@@ -347,9 +347,6 @@ def test_the_sink_retries_until_written_and_refused_data_does_not_block_it(tmp_p
 
 # -- a real daemon writing to a real server ----------------------------------------------------
 
-needs_victoria = pytest.mark.skipif(
-    victoria_binary() is None, reason="victoria-metrics is not installed"
-)
 METERS = [Meter("incomer", 1, "eastron_sdm630"), Meter("compressor", 2, "chint_dtsu666")]
 ACCOUNTING = """
 [accounting]
@@ -466,7 +463,6 @@ def compare(vm: VictoriaMetrics, envelopes: list[dict[str, Any]]) -> set[int]:
     return doubled
 
 
-@needs_victoria
 def test_a_real_daemon_writes_everything_once_and_each_uplink_rides_out_the_others_outage(
     tmp_path: Path, broker: LocalBroker, emulator: EmulatorServer
 ) -> None:
@@ -512,7 +508,6 @@ def test_a_real_daemon_writes_everything_once_and_each_uplink_rides_out_the_othe
     assert logs.count("InfluxDB write failed") == 1 and "InfluxDB writes resumed" in logs
 
 
-@needs_victoria
 def test_after_sigkill_the_daemon_resumes_at_its_cursor_and_resends_at_most_the_last_batch(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
@@ -537,7 +532,6 @@ def test_after_sigkill_the_daemon_resumes_at_its_cursor_and_resends_at_most_the_
     assert runs <= kills and len(doubled) <= kills * 40
 
 
-@needs_victoria
 def test_victoriametrics_with_dedup_keeps_a_resent_batch_once(tmp_path: Path) -> None:
     with VictoriaMetrics(tmp_path / "vm", dedup=True) as vm:
         settings = InfluxConfig(True, vm.url, "o", "b")

@@ -34,7 +34,9 @@ class VictoriaMetrics:
     def __init__(self, workdir: Path, dedup: bool = False) -> None:
         binary = victoria_binary()
         if binary is None:
-            raise FileNotFoundError("victoria-metrics is not installed")
+            raise FileNotFoundError(
+                "victoria-metrics is not installed: ./dev test installs it (Debian package)"
+            )
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
