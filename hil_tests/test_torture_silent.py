@@ -1,7 +1,7 @@
-"""A meter silent for an hour, time-compressed: three SDM630s on one emulated RS-485 line at 9600
-baud (a pty pair, baud-accurate), polled every 0.5 s by the real daemon; the middle one stops
-answering for 240 poll intervals in the long run (an hour of 15 s polls; 20 in the short one),
-then answers again.
+"""A meter silent for an hour, time-compressed: three SDM630s on one RS-485 line at 9600 baud (a
+pty pair paced to the baud rate, or a rig's adapters), polled every 0.5 s by the real daemon; the
+middle one stops answering for 240 poll intervals in the long run (an hour of 15 s polls; 20 in
+the short one), then answers again.
 
 While it is silent the others keep their cadence, the silent one is backed off and costs the line
 little, every poll is still a record (`timeout`, so the platform sees the gap), and once it answers
@@ -9,8 +9,6 @@ it is back within one backoff step."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +17,10 @@ from drivers.emulation.meter import EmulatedMeter
 from drivers.emulation.server import EmulatorServer
 from drivers.profile import load_shipped_profile
 from hil_tests.conftest import size
+from hil_tests.lines import line_pair
+from hil_tests.records import buffered_records
 from tests.support.gateway import DaemonProcess
 from tests.support.platform import wait_until
-from tests.support.serial_pair import serial_pair
 
 INTERVAL_S = 0.5
 BACKOFF_MAX_S = 4.0
@@ -43,27 +42,18 @@ def config_text(port: str) -> str:
     )
 
 
-def readings(db: Path) -> list[dict[str, object]]:
-    with sqlite3.connect(db) as conn:
-        pending = [json.loads(r) for (r,) in conn.execute("SELECT record FROM pending")]
-        sealed = [
-            r for (b,) in conn.execute("SELECT body FROM bodies") for r in json.loads(b)["records"]
-        ]
-    return sorted(pending + sealed, key=lambda r: int(r["ts"]))  # type: ignore[call-overload]
-
-
 def test_a_silent_meter_costs_the_line_little_and_comes_back(
     tmp_path: Path, record: Callable[..., None]
 ) -> None:
     silent_polls = size(20, 240)
     sdm630 = load_shipped_profile("eastron_sdm630")
     meters = {name: EmulatedMeter(unit, sdm630, seed=unit) for name, unit in UNITS.items()}
-    with serial_pair() as line:
+    with line_pair() as line:
         server = EmulatorServer(list(meters.values()))
-        server.serve_serial(str(line.a), baudrate=9600)
+        line.serve(server)
         try:
             config = tmp_path / "gateway.toml"
-            config.write_text(config_text(str(line.b)))
+            config.write_text(config_text(line.gateway))
             daemon = DaemonProcess(config).start().wait_running()
             time.sleep(3.0)
             meters["quiet"].fault = "silent"
@@ -75,7 +65,7 @@ def test_a_silent_meter_costs_the_line_little_and_comes_back(
             wait_until(
                 lambda: any(
                     r["device"] == "quiet" and r["quality"] == "ok" and int(r["ts"]) > came_back  # type: ignore[call-overload]
-                    for r in readings(db)
+                    for r in buffered_records(db)
                 ),
                 BACKOFF_MAX_S * 3,
                 "the meter to be read again",
@@ -84,7 +74,7 @@ def test_a_silent_meter_costs_the_line_little_and_comes_back(
             assert daemon.stop() == 0
         finally:
             server.stop()
-    records = readings(db)
+    records = buffered_records(db)
     during = [r for r in records if went_silent + 1000 <= int(r["ts"]) <= came_back]  # type: ignore[call-overload]
     seconds = (came_back - went_silent - 1000) / 1000
     by_device = {name: [r for r in during if r["device"] == name] for name in UNITS}

@@ -57,6 +57,12 @@ class Options:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Values are checked in run(), so that every mistake is one clear line (argparse adds usage).
     parser.add_argument(
+        "--rig",
+        metavar="FILE",
+        help="serve the lines, meters and scripted scenario of a rig file (docs/RIG.md) instead "
+        "of the options below",
+    )
+    parser.add_argument(
         "--serial", metavar="PATH", help="serve Modbus RTU (and DL/T 645) on this serial device"
     )
     parser.add_argument(
@@ -232,6 +238,8 @@ def _start(server: EmulatorServer, options: Options) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.rig is not None:
+        return run_rig(args)
     try:
         options = parse_options(args)
     except UsageError as exc:
@@ -252,11 +260,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     server = EmulatorServer(meters, dlt645_meters)
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = _stop_on_signals(stop)
     try:
         try:
             places = _start(server, options)
@@ -280,5 +284,72 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
+
+
+def _stop_on_signals(stop: threading.Event) -> dict[int, object]:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(previous: dict[int, object]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def run_rig(args: argparse.Namespace) -> int:
+    from drivers.emulation.rig import Rig, load_rig
+    from gateway.tomltable import ConfigError
+
+    others = [
+        option
+        for option, value in (
+            ("--serial", args.serial),
+            ("--pty", args.pty),
+            ("--tcp", args.tcp),
+            ("--meter", args.meter),
+            ("--dlt645", args.dlt645),
+            ("--baud-accurate", args.baud_accurate),
+        )
+        if value
+    ]
+    if others:
+        print(
+            f"cgw emulate: --rig takes everything from its file; drop {others[0]}", file=sys.stderr
+        )
+        return EX_USAGE
+    try:
+        spec = load_rig(args.rig)
+    except ConfigError as exc:
+        print(f"cgw emulate: {exc}", file=sys.stderr)
+        return EX_USAGE
+    rig = Rig(spec)
+    stop = threading.Event()
+    previous = _stop_on_signals(stop)
+    try:
+        try:
+            places = rig.start()
+        except OSError as exc:
+            print(f"cgw emulate: {spec.path}: cannot open a line: {exc}", file=sys.stderr)
+            return 1
+        for place in places:
+            print(f"serving {place}")
+        for meter in spec.meters:
+            what = (
+                f"unit {meter.unit} {meter.profile}" if meter.unit else f"DL/T 645 {meter.dlt645}"
+            )
+            print(f"  meter {meter.id}: {what} on line {meter.line}")
+        print(f"{len(spec.events)} scripted events, rig clock at {spec.speed:g}x", flush=True)
+        rig.run(stop, lambda line: print(line, flush=True))
+        for line_id, server in rig.servers.items():
+            print(f"line {line_id}: {server.noisy_answers} answers spoilt by noise", flush=True)
+        failures = rig.failures()
+        if failures:
+            print(f"cgw emulate: stopped: {failures[0]}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        rig.stop()
+        _restore(previous)

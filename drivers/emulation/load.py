@@ -41,6 +41,8 @@ class LoadModel:
     as with a current transformer mounted backwards; with all three the meter counts export.
     `import_kwh`/`export_kwh` set the counters' starting values (default: seeded, export 0).
     `clock` returns seconds (time.time by default); tests and rigs may run it faster.
+    `shape`, when set (at any time), scales the load at each moment: a load profile (shifts,
+    machines starting); its factor must stay above 0.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class LoadModel:
             raise ValueError(f"reversed_ct phases must be 1, 2 or 3, not {reversed_ct!r}")
         rng = random.Random(seed)
         self.clock = clock
+        self.shape: Callable[[float], float] | None = None
         self.reversed_ct = frozenset(reversed_phases)
         self.base_w = rng.uniform(1500.0, 8000.0)
         self._swing = _Wave(rng, 0.3 * self.base_w, 120.0, 300.0)
@@ -111,9 +114,13 @@ class LoadModel:
         return rates
 
     def true_power_w(self, t: float) -> float:
-        """The load's real consumption (before any reversed CT); never below 10 % of base."""
-        value = self.base_w + self._swing(t) + sum(n(t) for n in self._noise)
-        return max(value, 0.1 * self.base_w)
+        """The load's real consumption (before any reversed CT); never below 10 % of base, before
+        the shape."""
+        value = max(
+            self.base_w + self._swing(t) + sum(n(t) for n in self._noise), 0.1 * self.base_w
+        )
+        shape = self.shape
+        return value if shape is None else value * shape(t)
 
     def power_factor_magnitude(self, t: float) -> float:
         return 0.945 + self._pf(t)  # 0.905 .. 0.985

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import select
 import socket
 import struct
@@ -215,12 +216,6 @@ class _Pacer:
         take their character times, starting now or after what is still crossing."""
         self.busy_until = max(time.monotonic(), self.busy_until) + self.timing.wire_s(length)
 
-    def wait_for_turn(self, stop: threading.Event) -> bool:
-        """Wait until the request has crossed the line and t3.5 of silence followed; False if
-        stopped meanwhile."""
-        wait = self.busy_until + self.timing.silence_s - time.monotonic()
-        return wait <= 0 or not stop.wait(wait)
-
     def send(self, channel: _Channel, wire: bytes, stop: threading.Event) -> None:
         """Hand `wire` over piece by piece, each piece when its last byte would have arrived."""
         start = max(time.monotonic(), self.busy_until)
@@ -305,6 +300,8 @@ class EmulatorServer:
         self,
         meters: Iterable[EmulatedMeter] = (),
         dlt645_meters: Iterable[EmulatedDlt645Meter] = (),
+        *,
+        noise_seed: int = 0,
     ) -> None:
         self.meters: dict[int, EmulatedMeter] = {}
         for meter in meters:
@@ -317,6 +314,10 @@ class EmulatorServer:
                 raise ValueError(f"two DL/T 645 meters with address {dlt_meter.address}")
             self.dlt645_meters[dlt_meter.address] = dlt_meter
         self.failures: list[str] = []  # endpoints that stopped on an error (e.g. adapter removed)
+        # Line noise: the share of answers on serial lines that get one bit flipped on the way.
+        self.noise = 0.0
+        self.noisy_answers = 0
+        self._noise_rng = random.Random(noise_seed)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._closers: list[socket.socket] = []
@@ -443,17 +444,34 @@ class EmulatorServer:
     def _deliver(
         self, channel: _Channel, wire: bytes, delay_s: float, pacer: _Pacer | None
     ) -> None:
-        """Put an answer on the line after `delay_s`: on a baud-accurate line, counted from the
-        end of the request and its t3.5 silence, and at the line's speed. A slow meter holds up
-        its line: requests queue behind it."""
-        if pacer is not None and not pacer.wait_for_turn(self._stop):
+        """Put an answer on the line `delay_s` after the request: on a baud-accurate line,
+        counted from the end of the request and its t3.5 silence, and at the line's speed.
+        Meters answer independently: one that takes its time does not hold up the requests that
+        follow, and its late answer goes on the line whatever is on it then, as on RS-485."""
+        if pacer is not None:
+            delay_s += max(0.0, pacer.busy_until + pacer.timing.silence_s - time.monotonic())
+        if self.noise and self._noise_rng.random() < self.noise:
+            wire = _flip_a_bit(wire, self._noise_rng)
+            self.noisy_answers += 1
+        if delay_s <= 0:
+            self._send(channel, wire, pacer)
             return
-        if delay_s and self._stop.wait(delay_s):
-            return
+        timer = threading.Timer(delay_s, self._send_late, (channel, wire, pacer))
+        timer.daemon = True
+        timer.start()
+
+    def _send(self, channel: _Channel, wire: bytes, pacer: _Pacer | None) -> None:
         if pacer is None:
             channel.write(wire)
         else:
             pacer.send(channel, wire, self._stop)
+
+    def _send_late(self, channel: _Channel, wire: bytes, pacer: _Pacer | None) -> None:
+        if self._stop.is_set():
+            return
+        # The line may have gone meanwhile (unplugged, stopped): its own thread reports that.
+        with contextlib.suppress(OSError, serial.SerialException, termios.error):
+            self._send(channel, wire, pacer)
 
     def _serve_rtu(self, channel: _Channel, pacer: _Pacer | None = None) -> None:
         buf = bytearray()
@@ -550,6 +568,13 @@ def _mbap(tid: int, unit: int, reply: Reply) -> bytes:
         pdu = pdu[:1] + bytes([(pdu[1] + 2) & 0xFF]) + pdu[2:]
     answering = unit if reply.unit is None else reply.unit
     return struct.pack(">HHHB", tid, 0, len(pdu) + 1, answering) + pdu
+
+
+def _flip_a_bit(wire: bytes, rng: random.Random) -> bytes:
+    """`wire` with one bit flipped, as line noise does: the CRC or checksum must catch it."""
+    spoilt = bytearray(wire)
+    spoilt[rng.randrange(len(spoilt))] ^= 1 << rng.randrange(8)
+    return bytes(spoilt)
 
 
 def _collide(wires: list[bytes]) -> bytes:
