@@ -18,7 +18,6 @@ from hil_tests.conftest import size
 from hil_tests.lines import line_pair
 from hil_tests.records import buffered_records, readings_of
 from tests.support.gateway import DaemonProcess
-from tests.support.platform import wait_until
 
 PHASE_S = size(8, 40)  # each phase of the script, in seconds
 MARGIN_S = 2.0  # readings this close to a phase change are not judged
