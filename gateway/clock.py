@@ -145,8 +145,11 @@ class ClockWatch:
         # With assume_synced the kernel is never asked (e.g. no adjtimex, or a board with an RTC).
         self._synced = assume_synced
         self._last_check_mono: int | None = None
-        self._offset_ns: int | None = None
-        self._from_ms = 0
+        # From construction on, not from the first poll: the readings of the first poll cycle
+        # are taken before it and must be covered by the first correction too.
+        wall, mono = self._wall_ns(), self._mono_ns()
+        self._offset_ns = wall - mono
+        self._from_ms = wall // _NS_PER_MS
         self.boot_id = read_boot_id()
 
     @property
@@ -159,9 +162,7 @@ class ClockWatch:
         mono = self._mono_ns()
         offset = wall - mono
         correction = None
-        if self._offset_ns is None:
-            self._from_ms = wall // _NS_PER_MS
-        elif abs(offset - self._offset_ns) > self._threshold_ns:
+        if abs(offset - self._offset_ns) > self._threshold_ns:
             delta_ns = offset - self._offset_ns
             correction = Correction(
                 delta_ms=(delta_ns + _NS_PER_MS // 2) // _NS_PER_MS,
@@ -186,10 +187,7 @@ class ClockWatch:
 
     def mono_to_wall(self, mono_ns: int) -> int:
         """Wall time in ms, under the current offset, of a moment read from the monotonic clock."""
-        offset = self._offset_ns
-        if offset is None:
-            offset = self._wall_ns() - self._mono_ns()
-        return (mono_ns + offset) // _NS_PER_MS
+        return (mono_ns + self._offset_ns) // _NS_PER_MS
 
 
 def stamp(watch: ClockWatch, batch: Iterable[Snapshot]) -> Correction | None:

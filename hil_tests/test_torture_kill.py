@@ -7,7 +7,6 @@ gateway's key, identical copies only (at-least-once), and SQLite's integrity_che
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import sqlite3
@@ -15,13 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from buffer.keys import key_id
-from buffer.verify import Verifier
 from drivers.emulation.server import EmulatorServer
 from gateway.localbroker import LocalBroker
 from hil_tests.conftest import size
+from hil_tests.records import verified
 from tests.support.gateway import DaemonProcess, Meter, write_config
 from tests.support.platform import Subscriber, wait_until
 from tests.test_gateway_e2e import committed_readings
@@ -63,15 +59,8 @@ def test_sigkills_at_random_moments_lose_nothing(
         last_seq = daemon.buffer().last_seq
         wait_until(lambda: platform.seqs() >= set(range(1, last_seq + 1)), 30, "every seq")
     bodies = platform.envelopes()
-    key = Ed25519PublicKey.from_public_bytes(
-        base64.b64decode((tmp_path / "data" / "signing.pub").read_text())
-    )
-    verifier = Verifier({key_id(key): key})
-    for body in bodies:
-        verifier.add(body)
-    report = verifier.report()
-    gateway = report.gateways["gw-test"]
-    assert report.problems == [] and gateway.missing == []  # chain intact, no gap
+    gateway = verified(tmp_path / "data", bodies)
+    assert gateway.missing == []  # chain intact, no gap
     assert (gateway.first_seq, gateway.last_seq) == (1, last_seq)
     delivered = received_readings(bodies)
     assert produced <= delivered and len(delivered) >= 5 * kills

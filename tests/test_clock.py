@@ -210,3 +210,19 @@ def test_real_kernel_clock() -> None:
         assert watch.poll() is None
         time.sleep(0.01)
     assert abs(watch.mono_to_wall(time.monotonic_ns()) - time.time_ns() // MS) < 100
+
+
+def test_readings_taken_before_the_first_poll_are_covered_by_the_first_correction() -> None:
+    # The daemon's first poll cycle reads the meters, then polls the clock: those first readings
+    # were stamped under the same wrong clock and need the same correction (found by the HIL
+    # clock-step scenario: the first readings of a run were left two hours off).
+    clock = FakeClock()
+    watch = clock.watch()
+    clock.advance(150 * MS)
+    first_reading_ms = clock.wall // MS
+    assert watch.poll() is None
+    clock.wall += 7200 * S  # NTP steps the clock
+    clock.advance(200 * MS)
+    correction = watch.poll()
+    assert correction is not None and correction.from_ms <= first_reading_ms
+    assert correction.apply(first_reading_ms) == first_reading_ms + 7_200_000
