@@ -51,7 +51,7 @@ def first_ok_after(db: Path, device: str, t: float) -> float | None:
 def test_an_adapter_unplugged_and_replugged_is_read_again_without_a_restart(
     tmp_path: Path, record: Callable[..., None]
 ) -> None:
-    plugs, out_s = size(2, 10), size(4.0, 30.0)
+    plugs, out_s = size(2, 5), size(4.0, 30.0)
     server = EmulatorServer(
         [EmulatedMeter(1, load_shipped_profile("eastron_sdm630"))],
         [EmulatedDlt645Meter("000000000007")],
