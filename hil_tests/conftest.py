@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("CGW_HIL_RESULTS") or Path(__file__).resolve().parent / "results")
 LONG = os.environ.get("CGW_HIL_LONG") == "1"
 
 
