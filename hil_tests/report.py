@@ -34,6 +34,14 @@ SCENARIOS = [
      "through the command checker (hypothesis)", "test_the_command_parser_accepts_only_the_intact_command"),
     ("fuzz_verifier", "a signed envelope with one or two bytes changed, through the verifier",
      "test_the_verifier_names_what_is_wrong"),
+    ("fuzz_coverage_dlt645", "coverage-guided (atheris): any bytes, split in two reads, through "
+     "the DL/T 645 scanner and the client's reply checks", "test_coverage_guided_fuzzing_finds_nothing[dlt645]"),
+    ("fuzz_coverage_verifier", "coverage-guided (atheris): any bytes as an envelope, through the "
+     "verifier", "test_coverage_guided_fuzzing_finds_nothing[verifier]"),
+    ("fuzz_coverage_command", "coverage-guided (atheris): any bytes as a command, through the "
+     "command checker", "test_coverage_guided_fuzzing_finds_nothing[command]"),
+    ("fuzz_coverage_config", "coverage-guided (atheris): any text as a config file, through the "
+     "config loader", "test_coverage_guided_fuzzing_finds_nothing[config]"),
 ]  # fmt: skip
 
 
@@ -121,7 +129,9 @@ of each (`CGW_HIL_LONG=1` the long ones).
 
 Every frame or file below either passes as what was sent, or is refused with a reason (a frame's
 rejection reason, a config key, a reply reason code, a verifier problem kind); no other
-exception escapes. Seeded, so a failure repeats.
+exception escapes. Seeded, so a failure repeats. The seeded mutators (hypothesis and our own)
+make the bulk; atheris (libFuzzer, `hil_tests/coverage_fuzz.py`) then breeds inputs that reach
+branches the mutators seldom reach, starting from one intact input each.
 
 | input | scenario | run | figures |
 |---|---|---|---|
