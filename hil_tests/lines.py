@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from drivers.emulation.server import EmulatorServer
 from gateway.tomltable import ConfigError, Table, array
+from tests.support.gateway import DaemonProcess
 from tests.support.platform import wait_until
 from tests.support.serial_pair import SocatPair, serial_pair
 
@@ -114,3 +115,19 @@ def line_pair() -> Iterator[LinePair]:
         return
     with serial_pair() as socat:
         yield LinePair(emulator=str(socat.a), gateway=str(socat.b), socat=socat)
+
+
+@contextmanager
+def gateway_on_a_line(
+    folder: Path, server: EmulatorServer, config_text: Callable[[str], str]
+) -> Iterator[tuple[LinePair, DaemonProcess]]:
+    """`server`'s meters on one end of a line, the real daemon on the other, its config written
+    by `config_text(gateway_port)` into `folder`. The meters stop on the way out."""
+    with line_pair() as line:
+        line.serve(server)
+        try:
+            config = folder / "gateway.toml"
+            config.write_text(config_text(line.gateway))
+            yield line, DaemonProcess(config).start().wait_running()
+        finally:
+            server.stop()

@@ -8,6 +8,7 @@ daemon's resident set after warm-up does not grow."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +19,8 @@ from drivers.emulation.meter import EmulatedMeter
 from drivers.emulation.server import EmulatorServer
 from drivers.profile import load_shipped_profile
 from hil_tests.conftest import size
-from hil_tests.lines import line_pair
+from hil_tests.lines import gateway_on_a_line
 from hil_tests.records import buffered_records, readings_of
-from tests.support.gateway import DaemonProcess
 
 INTERVAL_S = 5.0
 PREFERRED = ("active_power_w", "active_energy_import_kwh", "water_volume_m3", "gas_volume_m3")
@@ -76,20 +76,16 @@ def test_thirty_devices_at_9600_baud_keep_their_cadence_in_flat_memory(
         [EmulatedDlt645Meter(address) for address in DLT645],
     )
     samples: list[tuple[float, int]] = []
-    with line_pair() as line:
-        line.serve(server)
-        try:
-            config = tmp_path / "gateway.toml"
-            config.write_text(config_text(line.gateway))
-            daemon = DaemonProcess(config).start().wait_running()
-            assert daemon.process is not None
-            started = time.monotonic()
-            while (elapsed := time.monotonic() - started) < duration_s:
-                samples.append((elapsed, rss_kb(daemon.process.pid)))
-                time.sleep(2.0)
-            assert daemon.stop() == 0
-        finally:
-            server.stop()
+    with gateway_on_a_line(tmp_path, server, config_text) as (line, daemon):
+        assert daemon.process is not None
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < duration_s:
+            samples.append((elapsed, rss_kb(daemon.process.pid)))
+            time.sleep(2.0)
+        status = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert daemon.stop() == 0
+    bus = status["buses"]["line"]
+    assert bus["keeps_up"]
     records = buffered_records(tmp_path / "data" / "buffer.db")
     devices = [f"u{unit}" for unit, _ in MODBUS] + [f"d{a[-1]}" for a in DLT645]
     worst_s, drift_s, polls = 0.0, 0.0, []
@@ -120,4 +116,5 @@ def test_thirty_devices_at_9600_baud_keep_their_cadence_in_flat_memory(
         drift_at_end_s=round(drift_s, 3),
         rss_mb_settled=round(mean(settled) / 1024, 1),
         rss_growth_kb=round(growth_kb),
+        bus_busy=f"{bus['demand']:.0%}",
     )

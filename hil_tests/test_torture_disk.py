@@ -18,7 +18,7 @@ from buffer.store import Buffer, Stats
 from drivers.emulation.meter import EmulatedMeter
 from drivers.emulation.server import EmulatorServer
 from drivers.profile import load_shipped_profile
-from gateway.localbroker import LocalBroker, free_port
+from gateway.localbroker import LocalBroker
 from hil_tests.conftest import size
 from tests.support.gateway import DaemonProcess, Meter, write_config
 from tests.support.platform import Subscriber, wait_until
@@ -29,20 +29,16 @@ __all__ = ["small_disk"]  # the fixture, from tests/test_disk.py
 
 
 def test_a_full_disk_during_an_outage_is_accounted_for_exactly(
-    tmp_path: Path, small_disk: Path, record: Callable[..., None]
+    tmp_path: Path, small_disk: Path, broker: LocalBroker, record: Callable[..., None]
 ) -> None:
     outage_s = size(8, 60)
     profile = load_shipped_profile("eastron_sdm630")
     meters = EmulatorServer([EmulatedMeter(m.unit, profile) for m in METERS])
-    port = free_port()
-    broker_dir = tmp_path / "mosquitto"
-    broker_dir.mkdir()
-    broker = LocalBroker(port=port, workdir=broker_dir, persistence=True).start()
     config = write_config(
         tmp_path,
         METERS,
         tcp_port=meters.serve_tcp(),
-        mqtt_port=port,
+        mqtt_port=broker.port,
         interval_s=0.1,
         buffer_extra="quota_mb = 1\nprune_interval_s = 1\ndelivered_retention_h = 0",
     )
@@ -50,7 +46,7 @@ def test_a_full_disk_during_an_outage_is_accounted_for_exactly(
     db = small_disk / "buffer.db"
     started = time.monotonic()
     try:
-        with Subscriber(port) as platform:
+        with Subscriber(broker.port) as platform:
             daemon = DaemonProcess(config).start().wait_running()
             wait_until(lambda: len(platform.seqs()) >= 5, 20, "delivery before the outage")
             broker.stop()
@@ -75,7 +71,6 @@ def test_a_full_disk_during_an_outage_is_accounted_for_exactly(
             time.sleep(1.0)
             bodies = platform.envelopes()
     finally:
-        broker.stop()
         meters.stop()
     delivered = {(r["device"], r["ts"]) for body in bodies for r in json.loads(body)["records"]}
     polled = polls(config)

@@ -14,7 +14,7 @@ from pathlib import Path
 from drivers.emulation.meter import EmulatedMeter
 from drivers.emulation.server import EmulatorServer
 from drivers.profile import load_shipped_profile
-from gateway.localbroker import LocalBroker, free_port
+from gateway.localbroker import LocalBroker
 from hil_tests.conftest import size
 from hil_tests.records import delivered_records, verified
 from tests.support.gateway import DaemonProcess, Meter, write_config
@@ -27,20 +27,18 @@ INTERVAL_S = 0.1
 OUTAGE_H = 72
 
 
-def test_a_72_hour_outage_drains_completely(tmp_path: Path, record: Callable[..., None]) -> None:
+def test_a_72_hour_outage_drains_completely(
+    tmp_path: Path, broker: LocalBroker, record: Callable[..., None]
+) -> None:
     polls_each = size(144, 4320)
     stands_for_s = OUTAGE_H * 3600 / polls_each  # the real poll interval one poll stands for
     profile = load_shipped_profile("eastron_sdm630")
     meters = EmulatorServer([EmulatedMeter(m.unit, profile) for m in METERS])
-    port = free_port()
-    broker_dir = tmp_path / "mosquitto"
-    broker_dir.mkdir()
-    broker = LocalBroker(port=port, workdir=broker_dir, persistence=True).start()
     config = write_config(
         tmp_path,
         METERS,
         tcp_port=meters.serve_tcp(),
-        mqtt_port=port,
+        mqtt_port=broker.port,
         interval_s=INTERVAL_S,
         seal_interval_s=1.0,
         envelope_max_records=500,
@@ -51,7 +49,7 @@ def test_a_72_hour_outage_drains_completely(tmp_path: Path, record: Callable[...
     )
     db = tmp_path / "data" / "buffer.db"
     try:
-        with Subscriber(port) as platform:
+        with Subscriber(broker.port) as platform:
             broker.stop()  # the platform's session stays on the broker's disk
             daemon = DaemonProcess(config).start().wait_running()
             wait_until(
@@ -74,7 +72,6 @@ def test_a_72_hour_outage_drains_completely(tmp_path: Path, record: Callable[...
             assert daemon.stop() == 0
             bodies = platform.envelopes()
     finally:
-        broker.stop()
         meters.stop()
     gateway = verified(tmp_path / "data", bodies)
     assert gateway.missing == [] and gateway.first_seq == 1

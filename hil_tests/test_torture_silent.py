@@ -17,9 +17,8 @@ from drivers.emulation.meter import EmulatedMeter
 from drivers.emulation.server import EmulatorServer
 from drivers.profile import load_shipped_profile
 from hil_tests.conftest import size
-from hil_tests.lines import line_pair
+from hil_tests.lines import gateway_on_a_line
 from hil_tests.records import buffered_records
-from tests.support.gateway import DaemonProcess
 from tests.support.platform import wait_until
 
 INTERVAL_S = 0.5
@@ -48,34 +47,27 @@ def test_a_silent_meter_costs_the_line_little_and_comes_back(
     silent_polls = size(20, 240)
     sdm630 = load_shipped_profile("eastron_sdm630")
     meters = {name: EmulatedMeter(unit, sdm630, seed=unit) for name, unit in UNITS.items()}
-    with line_pair() as line:
-        server = EmulatorServer(list(meters.values()))
-        line.serve(server)
-        try:
-            config = tmp_path / "gateway.toml"
-            config.write_text(config_text(line.gateway))
-            daemon = DaemonProcess(config).start().wait_running()
-            time.sleep(3.0)
-            meters["quiet"].fault = "silent"
-            went_silent = time.time() * 1000
-            time.sleep(silent_polls * INTERVAL_S)
-            meters["quiet"].fault = None
-            came_back = time.time() * 1000
-            db = tmp_path / "data" / "buffer.db"
-            wait_until(
-                lambda: any(
-                    r["device"] == "quiet" and r["quality"] == "ok" and int(r["ts"]) > came_back  # type: ignore[call-overload]
-                    for r in buffered_records(db)
-                ),
-                BACKOFF_MAX_S * 3,
-                "the meter to be read again",
-            )
-            time.sleep(2.0)
-            assert daemon.stop() == 0
-        finally:
-            server.stop()
+    server = EmulatorServer(list(meters.values()))
+    with gateway_on_a_line(tmp_path, server, config_text) as (line, daemon):
+        time.sleep(3.0)
+        meters["quiet"].fault = "silent"
+        went_silent = time.time() * 1000
+        time.sleep(silent_polls * INTERVAL_S)
+        meters["quiet"].fault = None
+        came_back = time.time() * 1000
+        db = tmp_path / "data" / "buffer.db"
+        wait_until(
+            lambda: any(
+                r["device"] == "quiet" and r["quality"] == "ok" and int(r["ts"]) > came_back
+                for r in buffered_records(db)
+            ),
+            BACKOFF_MAX_S * 3,
+            "the meter to be read again",
+        )
+        time.sleep(2.0)
+        assert daemon.stop() == 0
     records = buffered_records(db)
-    during = [r for r in records if went_silent + 1000 <= int(r["ts"]) <= came_back]  # type: ignore[call-overload]
+    during = [r for r in records if went_silent + 1000 <= int(r["ts"]) <= came_back]
     seconds = (came_back - went_silent - 1000) / 1000
     by_device = {name: [r for r in during if r["device"] == name] for name in UNITS}
     # The others kept their cadence and kept answering.
@@ -87,9 +79,9 @@ def test_a_silent_meter_costs_the_line_little_and_comes_back(
     assert quiet and all(r["quality"] == "timeout" for r in quiet)
     assert len(quiet) <= 3 + seconds / BACKOFF_MAX_S + 3
     back = next(
-        int(r["ts"])  # type: ignore[call-overload]
+        int(r["ts"])
         for r in records
-        if r["device"] == "quiet" and r["quality"] == "ok" and int(r["ts"]) > came_back  # type: ignore[call-overload]
+        if r["device"] == "quiet" and r["quality"] == "ok" and int(r["ts"]) > came_back
     )
     recovery_s = (back - came_back) / 1000
     assert recovery_s <= BACKOFF_MAX_S + INTERVAL_S + 1.0

@@ -16,9 +16,8 @@ from drivers.emulation.meter import EmulatedMeter
 from drivers.emulation.server import EmulatorServer
 from drivers.profile import load_shipped_profile
 from hil_tests.conftest import size
-from hil_tests.lines import line_pair
+from hil_tests.lines import gateway_on_a_line
 from hil_tests.records import buffered_records, readings_of
-from tests.support.gateway import DaemonProcess
 from tests.support.platform import wait_until
 
 INTERVAL_S = 0.5
@@ -59,32 +58,25 @@ def test_an_adapter_unplugged_and_replugged_is_read_again_without_a_restart(
     outages: list[tuple[float, float]] = []
     recoveries: list[float] = []
     db = tmp_path / "data" / "buffer.db"
-    with line_pair() as line:
-        line.serve(server)
-        try:
-            config = tmp_path / "gateway.toml"
-            config.write_text(config_text(line.gateway))
-            daemon = DaemonProcess(config).start().wait_running()
-            pid = daemon.process.pid if daemon.process else None
-            time.sleep(2.0)
-            for _ in range(plugs):
-                pulled = time.time()
-                line.unplug()
-                time.sleep(out_s)
-                line.replug()
-                back = time.time()
-                outages.append((pulled, back))
-                wait_until(
-                    lambda b=back: all(first_ok_after(db, d, b) for d in DEVICES),
-                    15,
-                    "both meters to be read again",
-                )
-                recoveries.append(max(first_ok_after(db, d, back) or 0 for d in DEVICES) - back)
-                time.sleep(1.0)
-            assert daemon.process is not None and daemon.process.pid == pid
-            assert daemon.stop() == 0
-        finally:
-            server.stop()
+    with gateway_on_a_line(tmp_path, server, config_text) as (line, daemon):
+        pid = daemon.process.pid if daemon.process else None
+        time.sleep(2.0)
+        for _ in range(plugs):
+            pulled = time.time()
+            line.unplug()
+            time.sleep(out_s)
+            line.replug()
+            back = time.time()
+            outages.append((pulled, back))
+            wait_until(
+                lambda b=back: all(first_ok_after(db, d, b) for d in DEVICES),
+                15,
+                "both meters to be read again",
+            )
+            recoveries.append(max(first_ok_after(db, d, back) or 0 for d in DEVICES) - back)
+            time.sleep(1.0)
+        assert daemon.process is not None and daemon.process.pid == pid
+        assert daemon.stop() == 0
     records = buffered_records(db)
     missing = 0
     for pulled, back in outages:
