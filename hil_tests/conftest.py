@@ -20,6 +20,13 @@ def size(short: int, long: int) -> int:
     return long if LONG else short
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long runs outlast the suite's per-test timeout (pyproject.toml): give them hours."""
+    if LONG:
+        for item in items:
+            item.add_marker(pytest.mark.timeout(3 * 3600))
+
+
 @pytest.fixture
 def record() -> Callable[..., None]:
     """Save a scenario's figures (for the report), keyed by the test's name."""

@@ -15,13 +15,14 @@ from buffer.verify import GatewayReport, Verifier
 
 
 def buffered_records(db: Path) -> list[dict[str, Any]]:
-    """Every record in the buffer, sealed or still pending, in time order."""
+    """Every record in the buffer, sealed or still pending, in time order (interval records by
+    their start)."""
     with sqlite3.connect(db) as conn:
         pending = [json.loads(r) for (r,) in conn.execute("SELECT record FROM pending")]
         sealed = [
             r for (b,) in conn.execute("SELECT body FROM bodies") for r in json.loads(b)["records"]
         ]
-    return sorted(pending + sealed, key=lambda r: int(r["ts"]))
+    return sorted(pending + sealed, key=lambda r: int(r.get("ts", r.get("start_ms", 0))))
 
 
 def readings_of(records: list[dict[str, Any]], device: str) -> list[dict[str, Any]]:
