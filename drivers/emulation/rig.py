@@ -319,14 +319,14 @@ class Rig:
     def clock(self) -> float:
         return (self._wall() - self._origin) * self.spec.speed
 
-    def _absolute(self) -> float:
+    def meter_clock(self) -> float:
         """The meters' clock: wall time at the start, then running at the rig's speed."""
         return self._origin + self.clock()
 
     def _install(
         self, meter: MeterSpec, profile: str | None, seed: int, import_kwh: float | None
     ) -> None:
-        load = LoadModel(seed=seed, clock=self._absolute, import_kwh=import_kwh)
+        load = LoadModel(seed=seed, clock=self.meter_clock, import_kwh=import_kwh)
         if meter.load is not None:
             shape, origin = meter.load, self._origin
             load.shape = lambda t: shape.factor(t - origin)
