@@ -47,7 +47,7 @@ def test_a_scenario_runs_on_the_ports_a_rig_file_names(tmp_path: Path) -> None:
         )
     assert run.returncode == 0, run.stdout[-3000:]
     figures = json.loads((results / "torture_silent_meter.short.json").read_text())
-    assert figures["mode"] == "rig" and figures["neighbour_polls"] > 0
+    assert figures["line"] == "rig" and figures["neighbour_polls"] > 0
 
 
 def test_a_ports_file_names_what_is_wrong(tmp_path: Path) -> None:

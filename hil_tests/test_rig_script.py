@@ -212,7 +212,7 @@ def test_a_scripted_floor_shows_in_what_the_gateway_records(
     assert "Traceback" not in daemon.logs() and "Traceback" not in err
     record(
         "rig_script",
-        mode=line.mode,
+        line=line.mode,
         phase_s=PHASE_S,
         load_quarter_power_ratio=round(power[1] / mean((power[0], power[2])), 2),
         silent_timeouts=len(silent),

@@ -88,7 +88,7 @@ def test_a_silent_meter_costs_the_line_little_and_comes_back(
     assert "Traceback" not in daemon.logs()
     record(
         "torture_silent_meter",
-        mode=line.mode,
+        line=line.mode,
         silent_s=round(seconds, 1),
         silent_polls_owed=silent_polls,
         attempts_while_silent=len(quiet),

@@ -90,7 +90,7 @@ def test_an_adapter_unplugged_and_replugged_is_read_again_without_a_restart(
     assert "Traceback" not in daemon.logs()
     record(
         "torture_unplug",
-        mode=line.mode,
+        line=line.mode,
         unplugs=plugs,
         unplugged_s_each=out_s,
         no_connection_records=missing,

@@ -204,17 +204,17 @@ def parse_at(buf: bytes | bytearray, start: int) -> Found | Incomplete | FrameEr
 
 def _closing_length(buf: bytes | bytearray, start: int) -> int | None:
     """The data length that would make the bytes after the header end in a valid CS 16, when L
-    says otherwise (the frame is whole, its length byte is not)."""
+    says otherwise (the frame is whole, its length byte is not). Only 16 bytes at most 255 data
+    bytes on are candidates: a line full of 68 bytes, each one a header to try, stays cheap."""
     header_sum = checksum(buf[start : start + 9])
-    for cs_at in range(start + HEADER_LENGTH, len(buf) - 1):
-        length = cs_at - start - HEADER_LENGTH
-        if length > 255 or buf[cs_at + 1] != END:
-            continue
-        if (
-            buf[cs_at]
-            == (header_sum + length + checksum(buf[start + HEADER_LENGTH : cs_at])) & 0xFF
-        ):
+    first = start + HEADER_LENGTH
+    limit = min(len(buf), first + 257)
+    end_at = buf.find(END, first + 1, limit)
+    while end_at >= 0:
+        length = end_at - 1 - first
+        if buf[end_at - 1] == (header_sum + length + sum(buf[first : end_at - 1])) & 0xFF:
             return length
+        end_at = buf.find(END, end_at + 1, limit)
     return None
 
 
