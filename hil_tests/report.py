@@ -148,7 +148,6 @@ Found by these scenarios and fixed (each with a regression test in `tests/`):
   (tests/test_dlt645_frame.py). To repeat: `python -c "import time; from drivers.dlt645.frame
   import FrameScanner; t = time.perf_counter(); FrameScanner().feed(bytes([0x68]) * 30000);
   print(time.perf_counter() - t)"`.
-
 - The profile loader raised `TypeError` for a table or an array where a word was expected
   (`type = {{}}`); it now names the key (tests/test_profiles.py).
 - The verifier and the command checker decoded base64url loosely: the last character of a
